@@ -1,0 +1,101 @@
+"""Session-wide fixtures: executed notebooks, the built book, Triton's interpreter."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests import _book
+
+# Whatever executes notebooks for the book needs these (not the notebooks: Colab keeps its own).
+os.environ.setdefault("PLOTLY_RENDERER", "notebook_connected")
+os.environ.setdefault("LABKIT_RECORDS_DIR", str(_book.BUILD / "records"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the notebooks before the book build and the browser, which reuse their outputs."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("book"):
+            return 2
+        if item.get_closest_marker("notebook"):
+            return 1
+        return 0
+
+    items.sort(key=rank)  # stable: keeps file order within each group
+
+
+class NotebookRuns:
+    """Executes each notebook at most once per session and remembers the result."""
+
+    def __init__(self) -> None:
+        self.done: dict[Path, _book.Execution] = {}
+
+    def __call__(self, notebook: Path) -> _book.Execution:
+        if notebook not in self.done:
+            self.done[notebook] = _book.execute_ci(notebook)
+        return self.done[notebook]
+
+
+@pytest.fixture(scope="session")
+def notebook_runs() -> NotebookRuns:
+    return NotebookRuns()
+
+
+@pytest.fixture(scope="session")
+def built_book(notebook_runs: NotebookRuns) -> Path:
+    """The book built with -W from the notebooks executed at the ci tier (no second execution)."""
+    from tests.book.build import build_from_executed
+
+    executed = {nb: notebook_runs(nb).output for nb in _book.toc_notebooks()}
+    return build_from_executed(executed)
+
+
+@pytest.fixture(scope="session")
+def built_book_html(built_book: Path) -> Path:
+    return built_book / "html"
+
+
+@pytest.fixture(scope="session")
+def browser_assets() -> Path:
+    path = Path(os.environ.get("LABBOOK_ASSETS") or _book.ROOT / ".venv" / "labbook-assets")
+    if not (path / "manifest.json").exists():
+        pytest.fail(f"browser assets missing in {path}: run `python3 tools/lab.py test` "
+                    "(it runs tools/browser_assets.py) or set LABBOOK_ASSETS")
+    return path
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where kernel parity tests run: natively on a GPU when there is one, else on CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def triton_kernels(monkeypatch: pytest.MonkeyPatch, device: str) -> Iterator[Callable[[str], ModuleType]]:
+    """Import a Triton kernel module afresh: compiled on a GPU, else under TRITON_INTERPRET=1.
+
+    The interpreter flag is read when kernels are defined, so the module is re-imported here and
+    dropped again afterwards (later tests must not see interpreted kernels).
+    """
+    import triton  # noqa: F401  (pinned in requirements.txt: its absence is an error, not a skip)
+
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    loaded: list[str] = []
+
+    def load(name: str) -> ModuleType:
+        sys.modules.pop(name, None)
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

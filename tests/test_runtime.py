@@ -1,0 +1,50 @@
+"""labkit.runtime: seeding and timing."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from labkit.runtime import Timing, seed_everything, time_fn
+
+
+def test_seed_makes_runs_repeatable() -> None:
+    g = seed_everything(3)
+    a = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=g))
+    g = seed_everything(3)
+    b = (random.random(), np.random.rand(), torch.rand(2), torch.rand(2, generator=g))
+    assert a[0] == b[0] and a[1] == b[1]
+    assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+    assert not torch.equal(torch.rand(2, generator=seed_everything(4)), a[3])
+
+
+@pytest.mark.parametrize("bad, err", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("0", TypeError)])
+def test_seed_rejects_bad_values(bad, err) -> None:
+    with pytest.raises(err, match="seed"):
+        seed_everything(bad)
+
+
+def test_time_fn_counts_calls_and_reports_median() -> None:
+    calls = []
+    t = time_fn(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(t.times) == 4
+    assert t.min <= t.median and t.device == "cpu"
+    assert "median" in str(t)
+
+
+def test_timing_median_by_hand() -> None:
+    assert Timing(times=(3.0, 1.0, 2.0), device="cpu").median == 2.0
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(repeats=0), "repeats"), (dict(warmup=-1), "warmup")])
+def test_time_fn_rejects_bad_counts(kw, msg) -> None:
+    with pytest.raises(ValueError, match=msg):
+        time_fn(lambda: None, **kw)
+
+
+def test_time_fn_needs_callable() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        time_fn(3)  # type: ignore[arg-type]

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Set up, build and test the lab book with one command each (standard library only).
+
+    python3 tools/lab.py book      # build the book into _build/html, executing every chapter
+    python3 tools/lab.py test      # run the whole test suite (what CI runs); extra args go to pytest
+    python3 tools/lab.py set-repo URL   # point the launch buttons and Colab cells at a fork
+
+Both `book` and `test` first make sure `.venv/` exists with the pinned `requirements.txt`
+installed (re-installing when that file or `pyproject.toml` changes) and labkit installed in
+editable mode; `test` also prepares the offline copies of the web assets the browser test needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv"
+VPY = VENV / "bin" / "python"
+STAMP = VENV / ".labbook-installed"
+ASSETS = VENV / "labbook-assets"
+RECORDS = ROOT / "_build" / "records"
+JCACHE = ROOT / "_build" / ".jupyter_cache"
+
+
+def log(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> None:
+    log(" ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+# -- environment -------------------------------------------------------------------------------
+
+def _install_fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        h.update((ROOT / name).read_bytes())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def ensure_venv() -> None:
+    """Create .venv and install the pinned requirements and labkit when missing or outdated."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"[lab] Python 3.11 or newer is required, this is {sys.version.split()[0]}")
+    if not VPY.exists():
+        log(f"creating {VENV.relative_to(ROOT)}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    fingerprint = _install_fingerprint()
+    if STAMP.exists() and STAMP.read_text() == fingerprint:
+        return
+    run([VPY, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    run([VPY, "-m", "pip", "install", "-q", "-r", ROOT / "requirements.txt"])
+    run([VPY, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT])
+    STAMP.write_text(fingerprint)
+
+
+def ensure_browser_assets() -> None:
+    """Offline copies of require.js, the widget manager and plotly.js for the browser test."""
+    if not shutil.which("/usr/bin/chromium") and not shutil.which("chromium"):
+        log("warning: chromium is not installed; the browser test will fail "
+            "(Debian/Ubuntu: apt-get install -y chromium; .ci/run does this)")
+    run([VPY, ROOT / "tools" / "browser_assets.py", ASSETS])
+
+
+def book_env(tier: str) -> dict[str, str]:
+    """Environment for executing notebooks for the book (not set inside notebooks: Colab keeps its own)."""
+    env = dict(os.environ)
+    env.update({
+        "PLOTLY_RENDERER": "notebook_connected",  # plotly 7's default mime type is skipped by JB1
+        "LABBOOK_TIER": tier,
+        "LABKIT_RECORDS_DIR": str(RECORDS),
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONHASHSEED": "0",
+    })
+    return env
+
+
+# -- book --------------------------------------------------------------------------------------
+
+def toc_notebooks() -> list[Path]:
+    """Notebooks listed in _toc.yml, in order (a small parser: `file:` entries)."""
+    found = []
+    for line in (ROOT / "_toc.yml").read_text().splitlines():
+        m = re.match(r"\s*-?\s*file:\s*(\S+)", line)
+        if m and (ROOT / f"{m.group(1)}.ipynb").exists():
+            found.append(ROOT / f"{m.group(1)}.ipynb")
+    return found
+
+
+def labkit_dependencies(notebook: Path) -> str:
+    """Hash of the labkit code a notebook runs: the core modules plus the subpackages it imports."""
+    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
+                     if c["cell_type"] == "code")
+    subs = sorted(set(re.findall(r"labkit\.(\w+)", code)))
+    files = sorted((ROOT / "labkit").glob("*.py"))
+    for sub in subs:
+        if (ROOT / "labkit" / sub).is_dir():
+            files += sorted((ROOT / "labkit" / sub).rglob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _deps_file(notebook: Path, tier: str) -> Path:
+    return RECORDS / tier / notebook.parent.name / f"{notebook.stem}.deps"
+
+
+def invalidate_stale(notebooks: list[Path]) -> None:
+    """jupyter-cache keys on a notebook's code only: drop entries whose labkit code changed,
+    or whose claim records are missing, so those notebooks execute again."""
+    if not JCACHE.exists():
+        return
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(JCACHE))
+    stale = set()
+    for nb in notebooks:
+        deps, record = _deps_file(nb, "default"), _deps_file(nb, "default").with_suffix(".json")
+        if not record.exists() or not deps.exists() or deps.read_text() != labkit_dependencies(nb):
+            stale.add(str(nb))
+    for rec in cache.list_cache_records():
+        if rec.uri in stale:
+            log(f"re-executing {Path(rec.uri).relative_to(ROOT)} (its labkit code or records changed)")
+            cache.remove_cache(rec.pk)
+
+
+def cmd_book(args: list[str]) -> int:
+    notebooks = toc_notebooks()
+    invalidate_stale(notebooks)
+    cmd = [VENV / "bin" / "jupyter-book", "build", ROOT, "-W", "--keep-going", *args]
+    log(" ".join(map(str, cmd)))
+    rc = subprocess.run([str(c) for c in cmd], env=book_env("default")).returncode
+    if rc == 0:
+        for nb in notebooks:
+            _deps_file(nb, "default").parent.mkdir(parents=True, exist_ok=True)
+            _deps_file(nb, "default").write_text(labkit_dependencies(nb))
+        log(f"book built: {ROOT / '_build' / 'html' / 'index.html'}")
+    return rc
+
+
+def cmd_test(args: list[str]) -> int:
+    ensure_browser_assets()
+    env = book_env("ci")
+    env["LABBOOK_ASSETS"] = str(ASSETS)
+    cmd = [VPY, "-m", "pytest", *args]
+    log(" ".join(map(str, cmd)))
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
+
+
+# -- forks -------------------------------------------------------------------------------------
+
+COLAB_RE = re.compile(r'labkit @ git\+[^"\\]+')
+
+
+def cmd_set_repo(args: list[str]) -> int:
+    if len(args) != 1 or not re.match(r"https://github\.com/[\w.-]+/[\w.-]+$", args[0]):
+        sys.exit("usage: python3 tools/lab.py set-repo https://github.com/OWNER/REPO")
+    url = args[0]
+    cfg = ROOT / "_config.yml"
+    text = re.sub(r"(repository:\n  url: )\S+", rf"\g<1>{url}", cfg.read_text())
+    cfg.write_text(text)
+    for nb in sorted((ROOT / "chapters").rglob("*.ipynb")):
+        nb.write_text(COLAB_RE.sub(f"labkit @ git+{url}", nb.read_text()))
+    log(f"repository set to {url} in _config.yml and every notebook's Colab cell")
+    return 0
+
+
+COMMANDS = {"book": cmd_book, "test": cmd_test, "set-repo": cmd_set_repo}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 2
+    name, rest = argv[0], argv[1:]
+    if name == "set-repo":
+        return cmd_set_repo(rest)
+    if os.environ.get("LABBOOK_IN_VENV") != "1":
+        ensure_venv()
+        env = dict(os.environ, LABBOOK_IN_VENV="1")
+        return subprocess.run([str(VPY), __file__, *argv], env=env, cwd=ROOT).returncode
+    return COMMANDS[name](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
