@@ -79,6 +79,11 @@ def execute_ci(notebook: Path) -> Execution:
 
 
 def machine() -> str:
+    """The machine a time was measured on: the GPU (with torch's version) or the CPU cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
 
 

@@ -11,6 +11,9 @@ after every notebook has executed, so it always shows this build's results):
                         updated with this build's own execution times).
 ``{labbook-part} I``    the planned chapters of one part of the book and where they stand.
 
+It also repairs two page-script problems of the stack (see :func:`_dedup_scripts` and
+:func:`_one_mathjax`) and loads ``book/_static/labbook_shims.js``.
+
 Environment: ``LABBOOK_TIER`` (tier whose claims and times this build shows, default
 ``default``), ``LABKIT_RECORDS_DIR`` (claims records; default ``<book>/_build/records``).
 """
@@ -21,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +266,43 @@ def _merge(app: Sphinx, env: Any, docnames: set[str], other: Any) -> None:
     env.labbook_docs = getattr(env, "labbook_docs", set()) | getattr(other, "labbook_docs", set())
 
 
+# -- page scripts ------------------------------------------------------------------------------
+
+def _dedup_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Sphinx 7.4 writes inline scripts added after the builder started (sphinx-thebe's
+    ``const THEBE_JS_URL = ...``) twice, and the second ``const`` throws a SyntaxError."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted((getattr(js, "attributes", None) or {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    scripts[:] = unique
+
+
+_PLOTLY_MATHJAX = re.compile(r'<script[^>]*src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]+"[^>]*></script>')
+
+
+def _one_mathjax(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Plotly's HTML output loads its own MathJax 3; with Sphinx's on the same page the second copy
+    throws ("Cannot set property Package ..."). Keep Sphinx's."""
+    scripts = context.get("script_files") or []
+    if "body" in context and any("mathjax" in str(getattr(js, "filename", js) or "") for js in scripts):
+        context["body"] = _PLOTLY_MATHJAX.sub("", context["body"])
+
+
+def _static_path(app: Sphinx, config: Any) -> None:
+    config.html_static_path.append(str(Path(app.srcdir) / "book" / "_static"))
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("config-inited", _static_path)
+    app.connect("html-page-context", _one_mathjax, priority=900)
+    app.connect("html-page-context", _dedup_scripts, priority=900)
+    app.add_js_file("labbook_shims.js", priority=100)
     app.add_node(labbook_table)
     for kind in KINDS:
         app.add_directive(f"labbook-{kind}", _directive(kind))
