@@ -83,7 +83,9 @@ def machine() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+        import triton
+
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}"
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
 
 
