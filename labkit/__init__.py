@@ -8,7 +8,8 @@ The core used by every chapter is re-exported at the top level:
 - :mod:`labkit.runtime`: seeding and timing,
 - :mod:`labkit.claims`: asserted, recorded claims,
 - :mod:`labkit.plotting`: the book's figure style,
-- :mod:`labkit.cache`: where computed artefacts are kept.
+- :mod:`labkit.cache`: where computed artefacts are kept,
+- :mod:`labkit.artifacts`: trained lab animals, trained once and reused.
 
 Topic subpackages (``labkit.graphs``, ``labkit.moe``, ...) hold the chapters' mechanisms;
 ``labkit.dist`` launches real multi-process runs; ``labkit.data`` builds datasets offline.
