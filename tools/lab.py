@@ -120,22 +120,35 @@ def _deps_file(notebook: Path, tier: str) -> Path:
 
 
 def invalidate_stale(notebooks: list[Path]) -> None:
-    """jupyter-cache keys on a notebook's code only: drop entries whose labkit code changed,
-    or whose claim records are missing, so those notebooks execute again."""
-    if not JCACHE.exists():
-        return
-    from jupyter_cache import get_cache
+    """Make sure every notebook whose results may be stale executes again.
 
-    cache = get_cache(str(JCACHE))
-    stale = set()
+    jupyter-cache keys on a notebook's code only, and Sphinx re-reads a page only when its file
+    changed. So a notebook whose labkit code changed, whose claim records are missing, or that
+    has no cache entry loses its entry and has its file's mtime bumped: Sphinx reads it again and
+    myst-nb, finding no entry, executes it.
+    """
+    entries: dict[str, list[int]] = {}
+    cache = None
+    if JCACHE.exists():
+        from jupyter_cache import get_cache
+
+        cache = get_cache(str(JCACHE))
+        for rec in cache.list_cache_records():
+            entries.setdefault(rec.uri, []).append(rec.pk)
     for nb in notebooks:
-        deps, record = _deps_file(nb, "default"), _deps_file(nb, "default").with_suffix(".json")
-        if not record.exists() or not deps.exists() or deps.read_text() != labkit_dependencies(nb):
-            stale.add(str(nb))
-    for rec in cache.list_cache_records():
-        if rec.uri in stale:
-            log(f"re-executing {Path(rec.uri).relative_to(ROOT)} (its labkit code or records changed)")
-            cache.remove_cache(rec.pk)
+        deps = _deps_file(nb, "default")
+        if not deps.with_suffix(".json").exists():
+            reason = "no claim records"
+        elif not deps.exists() or deps.read_text() != labkit_dependencies(nb):
+            reason = "its labkit code changed"
+        elif cache is not None and str(nb) not in entries:
+            reason = "not in the execution cache"
+        else:
+            continue
+        log(f"executing {nb.relative_to(ROOT)} ({reason})")
+        for pk in entries.get(str(nb), []):
+            cache.remove_cache(pk)
+        os.utime(nb)
 
 
 def cmd_book(args: list[str]) -> int:
