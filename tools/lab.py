@@ -90,13 +90,11 @@ def book_env(tier: str) -> dict[str, str]:
 # -- book --------------------------------------------------------------------------------------
 
 def toc_notebooks() -> list[Path]:
-    """Notebooks listed in _toc.yml, in order (a small parser: `file:` entries)."""
-    found = []
-    for line in (ROOT / "_toc.yml").read_text().splitlines():
-        m = re.match(r"\s*-?\s*file:\s*(\S+)", line)
-        if m and (ROOT / f"{m.group(1)}.ipynb").exists():
-            found.append(ROOT / f"{m.group(1)}.ipynb")
-    return found
+    """Notebooks listed in _toc.yml, in order (the test suite's own reading of the toc)."""
+    sys.path.insert(0, str(ROOT))
+    from tests._book import toc_notebooks as listed
+
+    return listed()
 
 
 def labkit_dependencies(notebook: Path) -> str:

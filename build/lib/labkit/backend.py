@@ -1,0 +1,147 @@
+"""One dispatcher for ops that have a readable PyTorch reference and a compiled Triton path.
+
+Every heavy op in labkit is registered once with two implementations of the same signature:
+``reference`` (plain PyTorch, runs everywhere, the one to read) and ``triton`` (a ``@triton.jit``
+kernel and its launcher, imported lazily so that ``import labkit`` never needs Triton).
+
+Which one runs is decided, first match wins, by
+
+1. the ``backend=`` argument of the call,
+2. the innermost :func:`use_backend` context manager,
+3. the ``LABKIT_BACKEND`` environment variable,
+4. ``"auto"``: Triton when a CUDA device and Triton are both there, else the reference.
+
+Asking for an unknown backend raises ``ValueError``; asking for ``"triton"`` where it cannot
+run raises :class:`BackendUnavailable`. On a CPU-only machine ``backend="triton"`` runs the
+kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before they were imported
+(``auto`` never picks the interpreter: it is 10^4-10^5 times slower than compiled code).
+Taught in chapter 00, "How this book runs".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "Op",
+    "resolve_backend",
+    "triton_available",
+    "triton_interpreting",
+    "use_backend",
+]
+
+#: Names a caller may ask for. ``auto`` resolves to one of the other two.
+BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
+
+_ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("labkit_backend", default=None)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine (e.g. Triton without CUDA)."""
+
+
+def _validate(name: object, *, source: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{source}: backend must be a string, one of {BACKENDS}, got {type(name).__name__}")
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def triton_interpreting() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors, slowly."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    """Whether the Triton path can run here: Triton importable and (CUDA or the interpreter)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return triton_interpreting() or torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Run the enclosed calls with ``name`` unless a call passes ``backend=`` itself.
+
+    >>> with use_backend("reference"):
+    ...     resolve_backend()
+    'reference'
+    """
+    token = _ACTIVE.set(_validate(name, source="use_backend"))
+    try:
+        yield name
+    finally:
+        _ACTIVE.reset(token)
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """Turn a request (or ``None``) into ``"reference"`` or ``"triton"`` following the order above.
+
+    Raises:
+        ValueError: the name (from any source) is not one of :data:`BACKENDS`.
+        BackendUnavailable: ``"triton"`` was asked for but cannot run here.
+    """
+    if backend is not None:
+        name, source = _validate(backend, source="backend argument"), "backend argument"
+    elif _ACTIVE.get() is not None:
+        name, source = _ACTIVE.get(), "use_backend()"
+    elif os.environ.get("LABKIT_BACKEND"):
+        name = _validate(os.environ["LABKIT_BACKEND"], source="LABKIT_BACKEND")
+        source = "LABKIT_BACKEND"
+    else:
+        name, source = "auto", "default"
+    if name == "auto":
+        cuda_triton = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+        return "triton" if cuda_triton else "reference"
+    if name == "triton" and not triton_available():
+        raise BackendUnavailable(
+            f"backend 'triton' was requested ({source}) but cannot run here: it needs the "
+            "'triton' package and either a CUDA device or TRITON_INTERPRET=1 (set before the "
+            "kernels are imported) to run the kernels on CPU in Triton's interpreter."
+        )
+    return name  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Op:
+    """An op with a PyTorch reference and a lazily imported Triton implementation.
+
+    Args:
+        name: the op's public name (used in error messages).
+        reference: the PyTorch implementation.
+        triton: ``"package.module:function"`` of the Triton launcher with the same signature;
+            the module is imported only when the Triton path is chosen.
+
+    Calling the op forwards every argument to the chosen implementation; the keyword
+    ``backend=`` picks one explicitly.
+    """
+
+    name: str
+    reference: Callable[..., Any]
+    triton: str
+
+    def __post_init__(self) -> None:
+        if ":" not in self.triton:
+            raise ValueError(f"Op {self.name}: triton must look like 'pkg.module:function', got {self.triton!r}")
+
+    def implementation(self, backend: str | None = None) -> Callable[..., Any]:
+        """The function that a call with ``backend`` would run."""
+        if resolve_backend(backend) == "reference":
+            return self.reference
+        module, _, attr = self.triton.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def __call__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
+        return self.implementation(backend)(*args, **kwargs)
