@@ -57,8 +57,12 @@ def built_book(notebook_runs: NotebookRuns) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_book_html(built_book: Path) -> Path:
-    return built_book / "html"
+def built_book_html(request: pytest.FixtureRequest) -> Path:
+    """The html folder of the book: $LABBOOK_HTML when set (the book command's own build,
+    checked by the browser test), else the -W build of the ci-executed notebooks."""
+    if os.environ.get("LABBOOK_HTML"):
+        return Path(os.environ["LABBOOK_HTML"])
+    return request.getfixturevalue("built_book") / "html"
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,21 @@ def cmd_book(args: list[str]) -> int:
             _deps_file(nb, "default").parent.mkdir(parents=True, exist_ok=True)
             _deps_file(nb, "default").write_text(labkit_dependencies(nb))
         log(f"book built: {ROOT / '_build' / 'html' / 'index.html'}")
+        rc = check_pages()
     return rc
+
+
+def check_pages() -> int:
+    """Open the built chapter pages in chromium (the browser test), when chromium is installed."""
+    if not Path("/usr/bin/chromium").exists():
+        log("chromium is not installed: skipping the check of the pages in a browser")
+        return 0
+    ensure_browser_assets()
+    env = book_env("default")
+    env.update(LABBOOK_ASSETS=str(ASSETS), LABBOOK_HTML=str(ROOT / "_build" / "html"))
+    cmd = [VPY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/book/test_browser.py"]
+    log("checking the built pages in chromium (screenshots in _build/screenshots)")
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 
 def cmd_test(args: list[str]) -> int:
