@@ -89,10 +89,12 @@ def triton_kernels(monkeypatch: pytest.MonkeyPatch, device: str) -> Iterator[Cal
     The interpreter flag is read when kernels are defined, so the module is re-imported here and
     dropped again afterwards (later tests must not see interpreted kernels).
     """
+    if device == "cpu":
+        # before triton is first imported: triton.language's own helpers (tl.sum, ...) are jitted
+        # at import time and must be interpreted functions too
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     import triton  # noqa: F401  (pinned in requirements.txt: its absence is an error, not a skip)
 
-    if device == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
     loaded: list[str] = []
 
     def load(name: str) -> ModuleType:

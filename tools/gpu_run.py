@@ -2,7 +2,7 @@
 """Run the GPU side of the book on a CUDA machine: kernel tests natively, every notebook at the
 ``gpu`` tier (times published in book/_data/runtimes.json), and every benchmark.
 
-    python tools/gpu_run.py [--out DIR] [--only-notebooks | --only-benchmarks]
+    python tools/gpu_run.py [--out DIR] [--only-notebooks | --only-benchmarks] [--notebooks SUBSTRING ...]
 
 Needs torch, triton, pytest, PyYAML, papermill, ipykernel, plotly and ipywidgets, and labkit
 importable (``pip install -e . --no-deps`` or ``PYTHONPATH=.``). Logs and executed notebooks go
@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "gpu")
     parser.add_argument("--only-notebooks", action="store_true")
     parser.add_argument("--only-benchmarks", action="store_true")
+    parser.add_argument("--notebooks", nargs="*", metavar="SUBSTRING",
+                        help="run only the notebooks whose path contains one of these")
     args = parser.parse_args()
     import torch
 
@@ -50,6 +52,8 @@ def main() -> int:
 
         os.environ.update(env)
         for nb in _book.toc_notebooks():
+            if args.notebooks and not any(part in _book.docname(nb) for part in args.notebooks):
+                continue
             out = args.out / nb.relative_to(ROOT)
             out.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
