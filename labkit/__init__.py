@@ -23,7 +23,7 @@ from .backend import BackendUnavailable, Op, resolve_backend, triton_available, 
 from .cache import cache_dir, cache_key
 from .claims import ClaimFailed, ClaimLog
 from .plotting import styled
-from .runtime import Timing, seed_everything, time_fn
+from .runtime import Timing, progress_disabled, seed_everything, time_fn
 from .tiers import TIERS, TierConfig, tier_config
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "Timing",
     "cache_dir",
     "cache_key",
+    "progress_disabled",
     "resolve_backend",
     "seed_everything",
     "styled",

@@ -6,6 +6,7 @@ GPU use CUDA events around the work (host timers only see the launch). Taught in
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Timing", "seed_everything", "time_fn"]
+__all__ = ["Timing", "progress_disabled", "seed_everything", "time_fn"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -99,3 +100,11 @@ def time_fn(
             times.append(time.perf_counter() - t0)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Timing(times=tuple(times), device=name)
+
+
+def progress_disabled(tier: str) -> bool:
+    """Whether progress bars should stay silent: in the ``ci`` tier (the test suite), and when
+    ``TQDM_DISABLE`` is set (the book build: a bar helps a live reader, not a built page)."""
+    from .tiers import validate_tier
+
+    return validate_tier(tier) == "ci" or os.environ.get("TQDM_DISABLE", "") not in ("", "0")

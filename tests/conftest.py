@@ -15,6 +15,7 @@ from tests import _book
 
 # Whatever executes notebooks for the book needs these (not the notebooks: Colab keeps its own).
 os.environ.setdefault("PLOTLY_RENDERER", "notebook_connected")
+os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("LABKIT_RECORDS_DIR", str(_book.BUILD / "records"))
 
 

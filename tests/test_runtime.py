@@ -48,3 +48,14 @@ def test_time_fn_rejects_bad_counts(kw, msg) -> None:
 def test_time_fn_needs_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
         time_fn(3)  # type: ignore[arg-type]
+
+
+def test_progress_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit.runtime import progress_disabled
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress_disabled("ci") and not progress_disabled("default")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_disabled("default")
+    with pytest.raises(ValueError, match="tier"):
+        progress_disabled("fast")

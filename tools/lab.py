@@ -79,6 +79,7 @@ def book_env(tier: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "PLOTLY_RENDERER": "notebook_connected",  # plotly 7's default mime type is skipped by JB1
+        "TQDM_DISABLE": "1",  # progress bars help a live reader, not a page built after the fact
         "LABBOOK_TIER": tier,
         "LABKIT_RECORDS_DIR": str(RECORDS),
         "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}",
@@ -139,7 +140,7 @@ def invalidate_stale(notebooks: list[Path]) -> None:
             reason = "no claim records"
         elif not deps.exists() or deps.read_text() != labkit_dependencies(nb):
             reason = "its labkit code changed"
-        elif cache is not None and str(nb) not in entries:
+        elif str(nb) not in entries:
             reason = "not in the execution cache"
         else:
             continue

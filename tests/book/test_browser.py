@@ -286,7 +286,8 @@ _WIDGET_STATE_JS = """() => {
     };
   });
   const controls = document.querySelectorAll(
-    '.widget-subarea .jupyter-widgets :is(input, select, button, textarea, [role="slider"], .widget-readout)');
+    '.widget-subarea .jupyter-widgets :is(input, select, button, textarea, [role="slider"], .widget-readout, ' +
+    '.widget-progress, progress)');  // progress bars (tqdm) count: a rendered, visible widget
   return {views: out, controls: controls.length,
           sliders: document.querySelectorAll('.widget-subarea .widget-slider').length};
 }"""
@@ -344,7 +345,7 @@ def test_page_renders_offline(book_page):
                 f"after {RENDER_TIMEOUT_MS / 1000:.0f} s: {bad}"
             )
         if state["controls"] < 1:
-            problems.append(f"widgets: no rendered control (input/slider/button...) found ({state})")
+            problems.append(f"widgets: no rendered control (input/slider/button/progress bar) found ({state})")
     if visit.page_errors:
         problems.append(f"{len(visit.page_errors)} JavaScript page error(s)")
     missing = [(t, u) for t, u in visit.blocked if t in ESSENTIAL_RESOURCE_TYPES]
