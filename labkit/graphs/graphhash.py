@@ -35,7 +35,6 @@ Taught in chapter 01, section "GraphHash".
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,13 +42,12 @@ import networkx as nx
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .bpr import bpr_batches, bpr_loss
 from .interactions import Interactions
-from .metrics import ranking_metrics
+from .train import FitResult, fit
 
-__all__ = ["HashedEmbedding", "HashedMF", "HashedMFConfig", "TableSize", "TrainResult",
+__all__ = ["HashedEmbedding", "HashedMF", "HashedMFConfig", "TableSize",
            "graphhash_buckets", "random_hash_buckets", "table_size", "train_hashed_mf"]
 
 
@@ -266,6 +264,12 @@ class HashedMF(nn.Module):
         every = torch.arange(self.items.n_ids, device=device)
         return self.users(users.to(device)) @ self.items(every).T
 
+    def user_item_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's (U, d) and every item's (I, d) looked-up embedding (for :func:`~labkit.graphs.train.fit`)."""
+        device = self.items.bucket_0.device
+        return (self.users(torch.arange(self.users.n_ids, device=device)),
+                self.items(torch.arange(self.items.n_ids, device=device)))
+
 
 @dataclass(frozen=True)
 class TableSize:
@@ -324,22 +328,13 @@ class HashedMFConfig:
         _check_int("seed", self.seed, 0)
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """Best validation Recall@K, its epoch, epochs run, and ``(epoch, mean loss, val recall)`` rows."""
-
-    best_val_recall: float
-    best_epoch: int
-    epochs_run: int
-    history: tuple[tuple[int, float, float], ...]
-
-
 def train_hashed_mf(model: HashedMF, data: Interactions, *, config: HashedMFConfig = HashedMFConfig(),
-                    progress: bool = False) -> TrainResult:
+                    progress: bool = False) -> FitResult:
     """Train ``model`` with BPR (Rendle et al., eq. 4) and keep the weights of the best validation Recall@K.
 
-    Evaluates every ``eval_every`` epochs and stops after ``patience`` evaluations without
-    improvement; the model is left holding its best weights. Runs where the model's tensors are.
+    The epochs run through :func:`labkit.graphs.train.fit`: evaluation every ``eval_every``
+    epochs, stop after ``patience`` evaluations without improvement, best weights loaded back.
+    Runs where the model's tensors are.
     """
     if not isinstance(model, HashedMF):
         raise TypeError(f"model must be a HashedMF, got {type(model).__name__}")
@@ -351,10 +346,8 @@ def train_hashed_mf(model: HashedMF, data: Interactions, *, config: HashedMFConf
     device = model.items.bucket_0.device
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    best, best_epoch, best_state, stale, history = -1.0, 0, None, 0, []
-    bar = tqdm(range(1, config.max_epochs + 1), desc="BPR epochs", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
+
+    def run_epoch(epoch: int) -> float:
         total, n = 0.0, 0
         for users, pos, neg in bpr_batches(data.train, data.n_items, batch_size=config.batch_size, generator=g):
             users, pos, neg = users.to(device), pos.to(device), neg[:, 0].to(device)
@@ -365,20 +358,7 @@ def train_hashed_mf(model: HashedMF, data: Interactions, *, config: HashedMFConf
             loss.backward()
             opt.step()
             total, n = total + loss.item() * users.numel(), n + users.numel()
-        if epoch % config.eval_every and epoch != config.max_epochs:
-            continue
-        model.eval()
-        with torch.no_grad():
-            val = ranking_metrics(model.all_scores, data.train, data.val, n_users=data.n_users,
-                                  n_items=data.n_items, k=config.k).recall
-        history.append((epoch, total / max(n, 1), val))
-        bar.set_postfix(val_recall=f"{val:.4f}")
-        if val > best:
-            best, best_epoch, best_state, stale = val, epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return TrainResult(best_val_recall=best, best_epoch=best_epoch, epochs_run=history[-1][0], history=tuple(history))
+        return total / max(n, 1)
+
+    return fit(model, run_epoch, data, max_epochs=config.max_epochs, patience=config.patience,
+               eval_every=config.eval_every, k=config.k, disable=not progress, desc="BPR epochs")

@@ -127,10 +127,10 @@ def test_training_improves_on_random_init_and_keeps_the_best(small) -> None:
     torch.manual_seed(0)
     model = HashedMF(torch.arange(small.n_users), torch.arange(small.n_items), 16)
     result = train_hashed_mf(model, small, config=HashedMFConfig(max_epochs=12, eval_every=2, lr=0.02))
-    vals = [h[2] for h in result.history]
-    assert result.best_val_recall == max(vals) and result.best_epoch in [h[0] for h in result.history]
-    assert result.best_val_recall > vals[0] or result.best_epoch == result.history[0][0]
-    assert result.best_val_recall > 0.1
+    vals = [h.recall for h in result.history]
+    assert result.best_val.recall == max(vals) and result.best_epoch in [h.epoch for h in result.history]
+    assert result.best_val.recall > vals[0] or result.best_epoch == result.history[0].epoch
+    assert result.best_val.recall > 0.1
 
 
 @pytest.mark.parametrize("kwargs, err, msg", [

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from labkit.graphs import synthetic_interactions
 from labkit.graphs.lightgcn import (
     LightGCN,
     LightGCNConfig,
@@ -23,11 +22,6 @@ from labkit.graphs.train import adam
 
 # 2 users, 3 items: user 0 chose items 0, 1, 2; user 1 chose item 1
 PAIRS = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 1]])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return synthetic_interactions(60, 40, n_communities=4, avg_degree=8.0, seed=3)
 
 
 def dense_adjacency() -> torch.Tensor:

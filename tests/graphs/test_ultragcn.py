@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from labkit.graphs import synthetic_interactions
 from labkit.graphs.ultragcn import (
     UltraGCN,
     UltraGCNConfig,
@@ -27,11 +26,6 @@ from labkit.graphs.ultragcn import (
 # 2 users, 3 items: user 0 chose items 0, 1, 2; user 1 chose item 1.
 # d_u = (3, 1), d_i = (1, 2, 1); G = R^T R = [[1,1,1],[1,2,1],[1,1,1]], g = (3, 4, 3)
 PAIRS = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 1]])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return synthetic_interactions(60, 40, n_communities=4, avg_degree=8.0, seed=3)
 
 
 def dense_omega(train: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
