@@ -1,0 +1,56 @@
+"""labkit.comm.costmodel: collective costs by hand, bus bandwidth, and the fit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from labkit.comm.costmodel import AlphaBeta, bus_bandwidth, collective_time, fit_alpha_beta
+
+LINK = AlphaBeta(alpha=1e-5, beta=1e-9)  # 10 us per message, 1 GB/s
+
+
+def test_costs_by_hand() -> None:
+    # 4 ranks, 4 MB: ring all-reduce = 2*3 alpha + 2*3/4 * 4e6 * beta = 60 us + 6 ms
+    assert collective_time("ring_all_reduce", 4e6, 4, LINK) == pytest.approx(6e-5 + 6e-3)
+    assert collective_time("reduce_scatter", 4e6, 4, LINK) == pytest.approx(3e-5 + 3e-3)
+    assert collective_time("tree_all_reduce", 4e6, 4, LINK) == pytest.approx(4 * (1e-5 + 4e-3))
+    assert collective_time("all_to_all", 0.0, 8, LINK) == pytest.approx(7e-5)
+
+
+def test_ring_is_reduce_scatter_plus_all_gather() -> None:
+    for n in (2, 3, 16):
+        rs = collective_time("reduce_scatter", 1e6, n, LINK)
+        ag = collective_time("all_gather", 1e6, n, LINK)
+        assert collective_time("ring_all_reduce", 1e6, n, LINK) == pytest.approx(rs + ag)
+
+
+def test_bus_bandwidth_matches_the_link_for_an_ideal_ring() -> None:
+    ideal = AlphaBeta(0.0, 1e-9)
+    t = collective_time("ring_all_reduce", 8e6, 8, ideal)
+    assert bus_bandwidth("all_reduce", 8e6, t, 8) == pytest.approx(1e9)
+    assert ideal.bandwidth == pytest.approx(1e9) and math.isinf(AlphaBeta(0, 0).bandwidth)
+
+
+def test_fit_recovers_alpha_and_beta() -> None:
+    sizes = [4e3 * 4**k for k in range(7)]
+    times = [collective_time("ring_all_reduce", s, 4, LINK) for s in sizes]
+    fit = fit_alpha_beta(sizes, times, world_size=4)
+    assert fit.alpha == pytest.approx(LINK.alpha, rel=1e-6) and fit.beta == pytest.approx(LINK.beta, rel=1e-6)
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: AlphaBeta(-1, 0), "alpha and beta"),
+    (lambda: collective_time("ring_all_reduce", 1.0, 1, LINK), "world_size"),
+    (lambda: collective_time("butterfly", 1.0, 4, LINK), "unknown collective"),
+    (lambda: collective_time("ring_all_reduce", -1.0, 4, LINK), "nbytes"),
+    (lambda: bus_bandwidth("broadcast", 1.0, 1.0, 4), "collective must be"),
+    (lambda: bus_bandwidth("all_reduce", 1.0, 0.0, 4), "seconds"),
+    (lambda: fit_alpha_beta([1.0], [1.0]), "at least two"),
+    (lambda: fit_alpha_beta([1.0, 1.0], [1.0, 2.0], world_size=4), "sizes must differ"),
+    (lambda: LINK.message(-1), "nbytes"),
+])
+def test_bad_inputs(call, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        call()
