@@ -42,7 +42,7 @@ def test_set_repo_rejects_bad_urls(lab, args) -> None:
 
 
 def test_dependency_key_follows_core_and_imported_subpackages(lab, tmp_path: Path) -> None:
-    nb = next((tmp_path / "chapters").rglob("*.ipynb"))
+    nb = tmp_path / "chapters" / "00_how_this_book_runs" / "01_how_this_book_runs.ipynb"
     before = lab.labkit_dependencies(nb)
     (tmp_path / "labkit" / "intro" / "grid.py").write_text("# changed\n", encoding="utf-8")
     after_sub = lab.labkit_dependencies(nb)
