@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..validation import check_int
 from .costmodel import AlphaBeta
 
 __all__ = ["Detection", "RingTimings", "delayed_all_reduce", "detect_slow_rank", "simulate_ring_timings"]
@@ -105,8 +106,8 @@ def simulate_ring_timings(*, world_size: int, iterations: int, nbytes: float, li
 
     Taught in chapter 11, section 4 "C4: reading faults off the collectives".
     """
-    n = _check_int("world_size", world_size, 2)
-    n_iter = _check_int("iterations", iterations, 1)
+    n = check_int("world_size", world_size, 2)
+    n_iter = check_int("iterations", iterations, 1)
     for name, value in (("nbytes", nbytes), ("compute_s", compute_s), ("noise", noise)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -114,7 +115,7 @@ def simulate_ring_timings(*, world_size: int, iterations: int, nbytes: float, li
         raise TypeError(f"link must be an AlphaBeta, got {type(link).__name__}")
     if fault not in FAULT_KINDS:
         raise ValueError(f"unknown fault {fault!r}; expected one of {FAULT_KINDS}")
-    if not 0 <= _check_int("slow_rank", slow_rank, 0) < n:
+    if not 0 <= check_int("slow_rank", slow_rank, 0) < n:
         raise ValueError(f"slow_rank must be in [0, {n}), got {slow_rank}")
     if not slowdown >= 1:
         raise ValueError(f"slowdown must be >= 1, got {slowdown}")
@@ -228,7 +229,7 @@ def delayed_all_reduce(rank: int, world_size: int, *, delayed_rank: int, delay_s
     x = torch.full((numel,), float(rank + 1))
     enter, leave = [], []
     dist.barrier()
-    for _ in range(_check_int("iterations", iterations, 1)):
+    for _ in range(check_int("iterations", iterations, 1)):
         if rank == delayed_rank:
             time.sleep(delay_s)
         y = x.clone()
@@ -239,13 +240,6 @@ def delayed_all_reduce(rank: int, world_size: int, *, delayed_rank: int, delay_s
             raise RuntimeError(f"rank {rank}: all_reduce returned {y[0].item()}")
     return {"enter": enter, "exit": leave}
 
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 def _check_timings(name: str, value: object) -> np.ndarray:

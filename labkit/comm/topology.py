@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from ..validation import check_int
+
 __all__ = ["Flow", "SCHEMES", "TOPOLOGIES", "build_topology", "job_flows", "max_congestion", "route_flows", "split_factor"]
 
 TOPOLOGIES: tuple[str, ...] = ("leaf_spine",)
@@ -49,13 +51,6 @@ class Flow:
     dst: int
     size: float
 
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 def build_topology(kind: str = "leaf_spine", *, n_leaves: int, n_spines: int, hosts_per_leaf: int,
@@ -77,9 +72,9 @@ def build_topology(kind: str = "leaf_spine", *, n_leaves: int, n_spines: int, ho
     """
     if kind not in TOPOLOGIES:
         raise ValueError(f"unknown topology kind {kind!r}; expected one of {TOPOLOGIES}")
-    n_leaves = _check_int("n_leaves", n_leaves, 1)
-    n_spines = _check_int("n_spines", n_spines, 1)
-    hosts_per_leaf = _check_int("hosts_per_leaf", hosts_per_leaf, 1)
+    n_leaves = check_int("n_leaves", n_leaves, 1)
+    n_spines = check_int("n_spines", n_spines, 1)
+    hosts_per_leaf = check_int("hosts_per_leaf", hosts_per_leaf, 1)
     if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not capacity > 0:
         raise ValueError(f"capacity must be a number > 0, got {capacity!r}")
     g = nx.DiGraph(n_leaves=n_leaves, n_spines=n_spines, hosts_per_leaf=hosts_per_leaf)
@@ -114,7 +109,7 @@ def job_flows(pattern: str, *, n_leaves: int, hosts_per_leaf: int, size: float =
 
     Taught in chapter 11, section 3 "Packet spraying or a single path?".
     """
-    n = _check_int("n_leaves", n_leaves, 1) * _check_int("hosts_per_leaf", hosts_per_leaf, 1)
+    n = check_int("n_leaves", n_leaves, 1) * check_int("hosts_per_leaf", hosts_per_leaf, 1)
     if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0:
         raise ValueError(f"size must be a number > 0, got {size!r}")
     if n < 2:
@@ -250,7 +245,7 @@ def split_factor(cross: Sequence[tuple[int, int, float]], n_spines: int) -> int:
     With D k sub-flows at the busiest leaf port and D k divisible by S, a colouring with D k
     colours hands every spine exactly D k / S of them: load D / S, the sprayed optimum.
     """
-    n_spines = _check_int("n_spines", n_spines, 1)
+    n_spines = check_int("n_spines", n_spines, 1)
     if not cross:
         return 1
     out_deg = np.bincount([c[0] for c in cross])

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..validation import check_int
 from .bpr import bpr_batches, bpr_loss
 from .interactions import Interactions
 from .train import FitResult, fit
@@ -50,14 +51,6 @@ from .train import FitResult, fit
 __all__ = ["HashedEmbedding", "HashedMF", "HashedMFConfig", "TableSize",
            "graphhash_buckets", "random_hash_buckets", "table_size", "train_hashed_mf"]
 
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
 
 
 def _check_pairs(pairs: object, n_users: int, n_items: int) -> torch.Tensor:
@@ -78,9 +71,9 @@ def random_hash_buckets(n_ids: int, n_buckets: int, *, seed: int) -> torch.Tenso
     Every bucket receives ``floor(N / B)`` or ``ceil(N / B)`` IDs, so no row is wasted; which IDs
     share a row is pure chance. Returns (N,) int64 bucket ids in [0, B).
     """
-    n_ids = _check_int("n_ids", n_ids, 1)
-    n_buckets = _check_int("n_buckets", n_buckets, 1, n_ids)
-    g = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+    n_ids = check_int("n_ids", n_ids, 1)
+    n_buckets = check_int("n_buckets", n_buckets, 1, n_ids)
+    g = torch.Generator().manual_seed(check_int("seed", seed, 0))
     return torch.randperm(n_ids, generator=g) % n_buckets
 
 
@@ -149,15 +142,15 @@ def graphhash_buckets(train_pairs: torch.Tensor, n_users: int, n_items: int, *, 
     Returns:
         ``(user_buckets (U,), item_buckets (I,))`` int64; every bucket id in range is used.
     """
-    n_users, n_items = _check_int("n_users", n_users, 1), _check_int("n_items", n_items, 1)
-    n_user_buckets = _check_int("n_user_buckets", n_user_buckets, 1, n_users)
-    n_item_buckets = _check_int("n_item_buckets", n_item_buckets, 1, n_items)
+    n_users, n_items = check_int("n_users", n_users, 1), check_int("n_items", n_items, 1)
+    n_user_buckets = check_int("n_user_buckets", n_user_buckets, 1, n_users)
+    n_item_buckets = check_int("n_item_buckets", n_item_buckets, 1, n_items)
     pairs = _check_pairs(train_pairs, n_users, n_items)
     if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, (int, float))
                                    or not resolution > 0):
         raise ValueError(f"resolution must be a number > 0 or None, got {resolution!r}")
-    seed = _check_int("seed", seed, 0)
-    max_search = _check_int("max_search", max_search, 1)
+    seed = check_int("seed", seed, 0)
+    max_search = check_int("max_search", max_search, 1)
     graph = nx.Graph()
     graph.add_nodes_from(range(n_users + n_items))
     graph.add_edges_from(zip(pairs[0].tolist(), (pairs[1] + n_users).tolist()))
@@ -224,7 +217,7 @@ class HashedEmbedding(nn.Module):
                 raise ValueError(f"bucket map {t} must be int64 of shape ({n_ids},), got {m.dtype} {tuple(m.shape)}")
             if n_ids == 0 or m.min() < 0:
                 raise ValueError(f"bucket map {t} must be non-empty with bucket ids >= 0")
-        dim = _check_int("dim", dim, 1)
+        dim = check_int("dim", dim, 1)
         self.n_ids = n_ids
         for t, m in enumerate(maps):
             self.register_buffer(f"bucket_{t}", m.clone())
@@ -324,8 +317,8 @@ class HashedMFConfig:
         if not self.lr > 0 or self.l2 < 0:
             raise ValueError(f"lr must be > 0 and l2 >= 0, got lr={self.lr}, l2={self.l2}")
         for name in ("batch_size", "max_epochs", "eval_every", "patience", "k"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
 
 
 def train_hashed_mf(model: HashedMF, data: Interactions, *, config: HashedMFConfig = HashedMFConfig(),
