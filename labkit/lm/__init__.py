@@ -1,0 +1,10 @@
+"""The tiny GPT lab animal: model, training and routing traces.
+
+Section: chapter 05 (built there), reused by chapters 06, 07 and 10.
+"""
+
+from .gpt import GPT, GPTConfig, GPTOutput
+from .train import TrainConfig, TrainResult, evaluate, pretrained_gpt, routing_trace, train_gpt
+
+__all__ = ["GPT", "GPTConfig", "GPTOutput", "TrainConfig", "TrainResult", "evaluate", "pretrained_gpt",
+           "routing_trace", "train_gpt"]

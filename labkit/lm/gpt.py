@@ -1,0 +1,251 @@
+"""The tiny GPT: the book's language-model lab animal, with a pluggable feed-forward layer.
+
+A decoder-only transformer in the manner of GPT-2 and nanoGPT: token and position embeddings,
+``n_layer`` pre-LayerNorm blocks of causal self-attention and a feed-forward network, a final
+LayerNorm and an output head tied to the token embedding. It reads bytes (vocabulary 256) of
+:func:`labkit.data.corpus.stdlib_corpus`.
+
+The feed-forward network of each block is chosen by :class:`GPTConfig`: ``ffn="dense"`` (an
+MLP of width ``d_ff``) or ``ffn="moe"`` (a :class:`labkit.moe.layer.MoEFFN` of ``n_experts``
+experts of width ``d_ff``, ``top_k`` active, with a ``"linear"`` or ``"recurrent"`` router).
+``moe_layers`` makes only some blocks sparse (dense early layers, sparse late layers, as
+Post-MoE does). A routing state flows from block to block, which the recurrent router of RMoE
+uses and the others ignore.
+
+What the miniature leaves out: dropout, weight decay groups, flash attention, KV caching
+(chapter 07 adds one), anything beyond greedy or temperature sampling.
+
+Shapes: B batch, T tokens, D = d_model, H heads, V vocabulary.
+Section: chapter 05, "Top-k routing from scratch" (the lab animal); reused in 06, 07, 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from labkit.moe.layer import DenseFFN, MoEFFN, Routing
+from labkit.moe.routers import LinearRouter, PreGateRouter, RecurrentRouter
+from labkit.validation import check_int
+
+__all__ = ["GPT", "GPTConfig", "GPTOutput"]
+
+_FFNS = ("dense", "moe")
+_ROUTERS = ("linear", "recurrent", "pregate")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Everything that determines a tiny GPT's architecture (hashable, so it keys cached weights).
+
+    Attributes:
+        vocab_size: V (256 for bytes).
+        block_size: longest context T.
+        n_layer, n_head, d_model: depth, heads and width.
+        d_ff: hidden width of the dense MLP, or of each expert.
+        ffn: ``"dense"`` or ``"moe"``.
+        n_experts, top_k, capacity_factor: the MoE layer (ignored when dense);
+            ``capacity_factor=None`` never drops.
+        router: ``"linear"`` (independent per layer), ``"recurrent"`` (RMoE's GRU) or
+            ``"pregate"`` (Read-ME: every layer routes from the input embedding).
+        router_dim: width R of the recurrent routing state.
+        moe_layers: indices of the sparse blocks; ``None`` means all of them.
+        aux_loss_weight: weight of the load-balancing loss in :meth:`GPT.forward`'s loss.
+    """
+
+    vocab_size: int = 256
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int = 512
+    ffn: str = "dense"
+    n_experts: int = 8
+    top_k: int = 2
+    capacity_factor: float | None = None
+    router: str = "linear"
+    router_dim: int = 32
+    moe_layers: tuple[int, ...] | None = None
+    aux_loss_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "n_experts", "router_dim"):
+            check_int(name, getattr(self, name), 1)
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.ffn not in _FFNS:
+            raise ValueError(f"ffn must be one of {_FFNS}, got {self.ffn!r}")
+        if self.router not in _ROUTERS:
+            raise ValueError(f"router must be one of {_ROUTERS}, got {self.router!r}")
+        check_int("top_k", self.top_k, 1)
+        if self.ffn == "moe" and self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
+        if self.moe_layers is not None:
+            object.__setattr__(self, "moe_layers", tuple(self.moe_layers))
+            bad = [i for i in self.moe_layers if not 0 <= i < self.n_layer]
+            if bad:
+                raise ValueError(f"moe_layers must be block indices in [0, {self.n_layer}), got {bad}")
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether block ``layer`` has an MoE feed-forward layer."""
+        return self.ffn == "moe" and (self.moe_layers is None or layer in self.moe_layers)
+
+    def as_dict(self) -> dict:
+        """Plain dict of the fields (for cache keys and printing)."""
+        return asdict(self)
+
+
+@dataclass
+class GPTOutput:
+    """What :meth:`GPT.forward` returns.
+
+    Attributes:
+        logits: (B, T, V).
+        loss: cross-entropy plus ``aux_loss_weight`` times the balancing losses, or None
+            without targets.
+        lm_loss: the cross-entropy alone (nats per token), or None.
+        routing: one :class:`labkit.moe.layer.Routing` per block (None for dense blocks).
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    routing: list[Routing | None] = field(default_factory=list)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where token t sees tokens <= t (Vaswani et al., eq. 1)."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # (B, T, D) each
+        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(QK^T/sqrt(d)) V
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    """Pre-LN block: ``x + attn(ln(x))`` then ``x + ffn(ln(x))``."""
+
+    def __init__(self, cfg: GPTConfig, layer: int, shared_gru: nn.GRUCell | None) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        if cfg.is_sparse(layer):
+            if cfg.router == "recurrent":
+                router = RecurrentRouter(cfg.d_model, cfg.n_experts, shared_gru)
+            elif cfg.router == "pregate":
+                router = PreGateRouter(cfg.d_model, cfg.n_experts)
+            else:
+                router = LinearRouter(cfg.d_model, cfg.n_experts)
+            self.ffn: nn.Module = MoEFFN(cfg.d_model, cfg.d_ff, router, top_k=cfg.top_k,
+                                         capacity_factor=cfg.capacity_factor)
+        else:
+            self.ffn = DenseFFN(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, Routing | None]:
+        x = x + self.attn(self.ln1(x))
+        y, state, routing = self.ffn(self.ln2(x), state)
+        return x + y, state, routing
+
+
+class GPT(nn.Module):
+    """The tiny GPT. ``GPT(GPTConfig(ffn="moe", router="recurrent"))`` is a tiny RMoE."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.block_size, cfg.d_model)
+        shared = nn.GRUCell(cfg.router_dim, cfg.router_dim) if cfg.ffn == "moe" and cfg.router == "recurrent" else None
+        self.blocks = nn.ModuleList(Block(cfg, i, shared) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok.weight  # weight tying (Press & Wolf, 2017)
+        self.apply(self._init)
+        self._pregate = cfg.ffn == "moe" and cfg.router == "pregate"
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def n_params(self, *, active: bool = False) -> int:
+        """Parameters (shared ones once); with ``active=True`` count only ``top_k`` experts per MoE layer."""
+        total = sum(p.numel() for p in self.parameters())
+        if active:
+            for block in self.blocks:
+                if isinstance(block.ffn, MoEFFN):
+                    f = block.ffn
+                    per_expert = (f.w_up.numel() + f.b_up.numel() + f.w_down.numel()) // f.n_experts
+                    total -= per_expert * (f.n_experts - f.top_k)
+        return total
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
+        """Logits for next-token prediction, and the loss when ``targets`` (B, T) are given."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
+        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))  # (B, T, D)
+        state = x.reshape(B * T, -1) if self._pregate else None  # Read-ME routes from the embedding
+        routings = []
+        for block in self.blocks:
+            x, state, routing = block(x, state)
+            routings.append(routing)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        if targets is None:
+            return GPTOutput(logits=logits, routing=routings)
+        lm_loss = nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+        aux = sum((r.aux_loss for r in routings if r is not None), torch.zeros((), device=idx.device))
+        return GPTOutput(logits=logits, loss=lm_loss + self.cfg.aux_loss_weight * aux, lm_loss=lm_loss, routing=routings)
+
+    @torch.no_grad()
+    def pregate_routes(self, idx: torch.Tensor) -> torch.Tensor:
+        """Every sparse block's experts for ``idx`` (B, T) without running the backbone (Read-ME).
+
+        Returns:
+            (B * T, L_sparse, k) int64, before any capacity limit.
+        """
+        if not self._pregate:
+            raise ValueError("pregate_routes needs a model with ffn='moe' and router='pregate'")
+        B, T = idx.shape
+        e = (self.tok(idx) + self.pos(torch.arange(T, device=idx.device))).reshape(B * T, -1)  # (N, D)
+        routes = []
+        for block in self.blocks:
+            if isinstance(block.ffn, MoEFFN):
+                logits, _ = block.ffn.router(e, e)
+                routes.append(torch.topk(logits, block.ffn.top_k, dim=-1).indices)  # softmax keeps the order
+        return torch.stack(routes, dim=1)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` tokens to ``idx`` (B, T): greedy at temperature 0, else sampled."""
+        check_int("max_new_tokens", max_new_tokens, 0)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.cfg.block_size:]).logits[:, -1]  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx

@@ -1,0 +1,100 @@
+"""The tiny GPT: shapes, causality, configs, routing flow and bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labkit.lm import GPT, GPTConfig, routing_trace
+from labkit.moe.layer import MoEFFN
+
+SMALL = dict(n_layer=3, n_head=2, d_model=16, d_ff=24, block_size=12, n_experts=4, top_k=2)
+
+
+@pytest.mark.parametrize("ffn,router", [("dense", "linear"), ("moe", "linear"), ("moe", "recurrent"), ("moe", "pregate")])
+def test_forward_shapes_and_loss(ffn, router):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(ffn=ffn, router=router, **SMALL))
+    idx, targets = torch.randint(0, 256, (2, 12)), torch.randint(0, 256, (2, 12))
+    out = model(idx, targets)
+    assert out.logits.shape == (2, 12, 256)
+    # at initialisation the prediction is nearly uniform over 256 bytes: loss ~ ln 256
+    assert abs(out.lm_loss.item() - torch.log(torch.tensor(256.0)).item()) < 0.3
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad), "every parameter learns"
+    assert len(out.routing) == 3
+    assert all((r is None) == (ffn == "dense") for r in out.routing)
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(ffn="moe", router="recurrent", **SMALL)).eval()
+    a = torch.randint(0, 256, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 256
+    la, lb = model(a).logits, model(b).logits
+    torch.testing.assert_close(la[0, :8], lb[0, :8])
+    assert not torch.allclose(la[0, 8:], lb[0, 8:])
+
+
+def test_active_parameters_match_a_dense_model_of_width_k_times_expert():
+    moe = GPT(GPTConfig(ffn="moe", **SMALL))
+    dense = GPT(GPTConfig(ffn="dense", **{**SMALL, "d_ff": SMALL["d_ff"] * SMALL["top_k"]}))
+    routers = sum(b.ffn.router.gate.weight.numel() for b in moe.blocks)
+    expert_bias = SMALL["n_layer"] * SMALL["top_k"] * SMALL["d_ff"]  # each active expert has its own up-bias
+    dense_bias = SMALL["n_layer"] * (SMALL["top_k"] * SMALL["d_ff"] + SMALL["d_model"])  # up and down bias
+    assert moe.n_params(active=True) - routers - expert_bias == dense.n_params() - dense_bias
+    assert moe.n_params() > moe.n_params(active=True)
+
+
+def test_moe_layers_makes_only_those_blocks_sparse():
+    model = GPT(GPTConfig(ffn="moe", moe_layers=(1, 2), **SMALL))
+    assert [isinstance(b.ffn, MoEFFN) for b in model.blocks] == [False, True, True]
+    trace = routing_trace(model, torch.randint(0, 256, (2, 12)))
+    assert trace.shape == (24, 2, 2)
+
+
+def test_recurrent_router_shares_one_gru():
+    model = GPT(GPTConfig(ffn="moe", router="recurrent", **SMALL))
+    grus = {id(b.ffn.router.gru) for b in model.blocks}
+    assert len(grus) == 1
+
+
+def test_pregate_routes_known_before_the_backbone_runs():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(ffn="moe", router="pregate", **SMALL)).eval()
+    idx = torch.randint(0, 256, (2, 12))
+    torch.testing.assert_close(model.pregate_routes(idx), routing_trace(model, idx))
+    with pytest.raises(ValueError, match="pregate"):
+        GPT(GPTConfig(ffn="moe", **SMALL)).pregate_routes(idx)
+
+
+def test_generate_is_greedy_and_deterministic():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SMALL)).eval()
+    idx = torch.randint(0, 256, (1, 4))
+    a, b = model.generate(idx, 20), model.generate(idx, 20)
+    assert a.shape == (1, 24) and torch.equal(a, b) and torch.equal(a[:, :4], idx)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(top_k=5, ffn="moe"), "top_k"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+    (dict(d_model=15), "divisible"),
+    (dict(ffn="sparse"), "ffn"),
+    (dict(router="gru"), "router"),
+    (dict(moe_layers=(3,)), "moe_layers"),
+])
+def test_bad_configs_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**{**SMALL, **bad})
+
+
+def test_bad_inputs_raise():
+    model = GPT(GPTConfig(**SMALL))
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match="B, T"):
+        model(torch.zeros(12, dtype=torch.long))
+    with pytest.raises(TypeError):
+        GPT(SMALL)
