@@ -21,6 +21,7 @@ Section: chapter 05, "Top-k routing from scratch" (the lab animal); reused in 06
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -160,9 +161,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The tiny GPT. ``GPT(GPTConfig(ffn="moe", router="recurrent"))`` is a tiny RMoE."""
+    """The tiny GPT. ``GPT(GPTConfig(ffn="moe", router="recurrent"))`` is a tiny RMoE.
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    Args:
+        cfg: the architecture.
+        init_seed: seed of :meth:`reset_parameters` (default: ``torch.initial_seed()``, i.e. the
+            seed given to :func:`labkit.seed_everything`).
+    """
+
+    def __init__(self, cfg: GPTConfig, *, init_seed: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
@@ -174,15 +181,34 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight  # weight tying (Press & Wolf, 2017)
-        self.apply(self._init)
         self._pregate = cfg.ffn == "moe" and cfg.router == "pregate"
+        self.reset_parameters(torch.initial_seed() if init_seed is None else init_seed)
 
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+    def reset_parameters(self, seed: int) -> None:
+        """Initialise every parameter from a generator seeded by ``seed`` and the parameter's *name*.
+
+        Two variants of the model (dense or MoE, one router or another) then start from the same
+        values wherever they have the same parameter, so a comparison between them measures the
+        architecture rather than the luck of the draw. Weights get N(0, 0.02^2) as in GPT-2,
+        biases zero, LayerNorms identity; the recurrent router keeps a unit-variance projection
+        (see :meth:`labkit.moe.routers.RecurrentRouter.reset_parameters`) and the GRU cell
+        PyTorch's uniform initialisation.
+        """
+        for name, param in self.named_parameters():
+            digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+            g = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
+            leaf = name.rsplit(".", 1)[-1]
+            with torch.no_grad():
+                if ".gru." in name:
+                    bound = self.cfg.router_dim ** -0.5
+                    param.copy_(torch.rand(param.shape, generator=g) * 2 * bound - bound)
+                elif ".ln" in name or name.startswith("ln_f") or ".router.norm." in name:
+                    param.fill_(1.0 if leaf == "weight" else 0.0)
+                elif leaf.startswith("b") and leaf != "weight" or leaf == "bias":
+                    param.zero_()
+                else:
+                    std = param.shape[-1] ** -0.5 if name.endswith("router.project.weight") else 0.02
+                    param.copy_(torch.randn(param.shape, generator=g) * std)
 
     def n_params(self, *, active: bool = False) -> int:
         """Parameters (shared ones once); with ``active=True`` count only ``top_k`` experts per MoE layer."""

@@ -10,7 +10,10 @@ A router maps a token's hidden state to one logit per expert. Two kinds share on
   layer carries a routing state from layer to layer: layer ``l`` projects its input,
   ``r_l = W_l h_l``, updates the state ``s_l = GRU(r_l, s_{l-1})`` and scores experts from
   it, ``logits_l = G_l s_l`` (the paper's eq. for the recurrent router). So a layer's choice
-  can depend on what earlier layers chose, which independent routers cannot express.
+  can depend on what earlier layers chose, which independent routers cannot express. We add a
+  LayerNorm before ``G_l``: the GRU state lies in (-1, 1)^R, several times smaller than the
+  LayerNormed hidden state a linear router reads, and with Adam that made the recurrent
+  router's logits move several times slower, leaving its choices near uniform in short runs.
 - :class:`PreGateRouter`: Read-ME's decoupled router (Cai et al., "Read-ME: Refactorizing LLMs as
   Router-Decoupled Mixture of Experts with System Co-Design", arXiv:2410.19123). Every layer's
   router reads the *input* embedding of the token (the routing state, set once by the model)
@@ -75,13 +78,23 @@ class RecurrentRouter(Router):
             raise ValueError(f"the GRU cell must map R -> R, got input {gru.input_size}, hidden {width}")
         self.project = nn.Linear(check_int("d_model", d_model, 1), width, bias=False)  # W_l
         self.gru = gru  # shared
+        self.norm = nn.LayerNorm(width)  # puts the state on the scale a linear router sees (a LayerNormed h)
         self.gate = nn.Linear(width, n_experts, bias=False)  # G_l
+
+    def reset_parameters(self) -> None:
+        """Unit-variance projection, so the state depends on the token rather than on the GRU's biases.
+
+        With the transformer's usual small initialisation (std 0.02) the projected input is
+        tiny, every token gets nearly the same state and so the same experts, and training
+        first has to undo that collapse.
+        """
+        nn.init.normal_(self.project.weight, std=self.project.in_features ** -0.5)
 
     def forward(self, h: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if state is not None and state.shape != (h.shape[0], self.gru.hidden_size):
             raise ValueError(f"routing state must be (N, R) = ({h.shape[0]}, {self.gru.hidden_size}), got {tuple(state.shape)}")
         new_state = self.gru(self.project(h), state)  # s_l = GRU(W_l h_l, s_{l-1})
-        return self.gate(new_state), new_state
+        return self.gate(self.norm(new_state)), new_state  # logits_l = G_l LN(s_l)
 
 
 class PreGateRouter(Router):

@@ -98,3 +98,21 @@ def test_bad_inputs_raise():
         model(torch.zeros(12, dtype=torch.long))
     with pytest.raises(TypeError):
         GPT(SMALL)
+
+
+def test_variants_share_the_initialisation_of_shared_parameters():
+    dense = GPT(GPTConfig(**SMALL), init_seed=5)
+    rmoe = GPT(GPTConfig(ffn="moe", router="recurrent", **SMALL), init_seed=5)
+    moe = dict(GPT(GPTConfig(ffn="moe", **SMALL), init_seed=5).named_parameters())
+    shared = 0
+    for name, p in dense.named_parameters():
+        if "ffn" not in name:
+            assert torch.equal(p, dict(rmoe.named_parameters())[name]), name
+            shared += 1
+    assert shared > 10
+    for name, p in rmoe.named_parameters():
+        if "router" not in name and name in moe:
+            assert torch.equal(p, moe[name]), name
+    other = GPT(GPTConfig(**SMALL), init_seed=6)
+    assert not torch.equal(dense.tok.weight, other.tok.weight)
+    assert torch.equal(dense.blocks[0].ln1.weight, torch.ones(16))
