@@ -26,7 +26,11 @@ from labkit.validation import check_int
 
 from .gpt import GPT, GPTConfig
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "pretrained_gpt", "routing_trace", "train_gpt"]
+#: Bump when a change to the model or the training code would change trained weights, so that
+#: weights cached by an older version are not loaded for the new one.
+WEIGHTS_VERSION = 2
+
+__all__ = ["WEIGHTS_VERSION", "TrainConfig", "TrainResult", "evaluate", "pretrained_gpt", "routing_trace", "train_gpt"]
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def pretrained_gpt(cfg: GPTConfig, corpus: TextCorpus, train: TrainConfig, *, se
 
     The history travels with the weights, so a loaded model reports the curve it was trained with.
     """
-    fields = {"cfg": cfg.as_dict(), "train": asdict(train), "seed": seed, "corpus": repr(corpus),
+    fields = {"cfg": cfg.as_dict(), "train": asdict(train), "seed": seed, "corpus": repr(corpus), "version": WEIGHTS_VERSION,
               "files": corpus.files_val[:5]}
 
     def run() -> dict:
