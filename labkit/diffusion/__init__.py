@@ -1,0 +1,18 @@
+"""The tiny DDPM lab animal: schedule, UNet (split into encoder and decoder), training, sampling
+and sample-quality measures.
+
+Section: chapter 09 (built there), reused by chapter 10.
+"""
+
+from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
+                      feature_frechet_distance, pixel_deviation, pretrained_classifier, sample_quality)
+from .sampling import balanced_labels, sample
+from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .train import DDPMResult, DiffusionTrainConfig, ddpm_recipe, digits_split, pretrained_ddpm, train_ddpm
+from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
+
+__all__ = ["ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
+           "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig", "balanced_labels", "class_diversity",
+           "classifier_confidence", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
+           "feature_frechet_distance", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",
+           "sample_quality", "timestep_embedding", "train_ddpm"]
