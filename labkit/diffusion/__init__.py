@@ -4,6 +4,7 @@ and sample-quality measures.
 Section: chapter 09 (built there), reused by chapter 10.
 """
 
+from .norm import group_norm_silu, group_norm_silu_reference
 from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
                       feature_frechet_distance, pixel_deviation, pretrained_classifier, sample_quality)
 from .sampling import balanced_labels, sample
@@ -14,5 +15,5 @@ from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 __all__ = ["ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
            "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig", "balanced_labels", "class_diversity",
            "classifier_confidence", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
-           "feature_frechet_distance", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",
+           "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",
            "sample_quality", "timestep_embedding", "train_ddpm"]

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from labkit.diffusion.norm import group_norm_silu
 from labkit.validation import check_int
 
 __all__ = ["Features", "ResBlock", "TinyUNet", "UNetConfig", "timestep_embedding"]
@@ -145,6 +146,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``F.silu(norm(x))`` through the fused op; the reference while autograd records (Triton is forward-only)."""
+    backend = "reference" if torch.is_grad_enabled() else None
+    return group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, backend=backend)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> Conv3x3 (+ embedding) -> GroupNorm -> SiLU -> Conv3x3, plus the input.
 
@@ -196,9 +203,9 @@ class ResBlock(nn.Module):
         """(B, in_ch, H, W), (B, E) -> (B, out_ch, H, W)."""
         if self._skip:
             return x
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(_norm_silu(self.norm1, x))
         h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, out_ch, 1, 1) broadcast over H, W
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(_norm_silu(self.norm2, h))
         return self.shortcut(x) + h
 
 
@@ -384,7 +391,7 @@ class TinyUNet(nn.Module):
                 h = self.upsample[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # (B, c, 2h, 2w)
         if skips:
             raise ValueError(f"feats.skips has {len(feats.skips)} tensors, {len(skips)} more than the decoder uses")
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_silu(self.norm_out, h))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise ``eps(x_t, t, y)``, (B, C_in, H, W); equal to ``decode(encode(x, t, y))``."""
