@@ -4,7 +4,13 @@ and sample-quality measures.
 Section: chapter 09 (built there), reused by chapter 10.
 """
 
+from .addons import (AsyncLoad, LoRA, LoRACost, MergedWeights, ServeTiming, load_lora, lora_branches, lora_targets,
+                     merge_loras, random_lora, save_lora, serve_bounded_async, serve_with_loras, train_lora,
+                     unmerge_loras)
+from .controlnet import ControlAddon, controlled_noise, sample_controlled
 from .norm import group_norm_silu, group_norm_silu_reference
+from .patch_parallel import (PatchConfig, PatchRun, canvas_forward, canvas_tiles, conditioned_layers, halo_layers,
+                             merge_patches, sample_canvas, sample_patch_parallel, split_patches)
 from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
                       feature_frechet_distance, pixel_deviation, pretrained_classifier, sample_quality)
 from .sampling import balanced_labels, sample
@@ -12,7 +18,12 @@ from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .train import DDPMResult, DiffusionTrainConfig, ddpm_recipe, digits_split, pretrained_ddpm, train_ddpm
 from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 
-__all__ = ["ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
+__all__ = ["AsyncLoad", "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
+           "canvas_forward", "canvas_tiles", "conditioned_layers", "controlled_noise", "halo_layers", "load_lora",
+           "lora_branches", "lora_targets", "merge_loras", "merge_patches", "random_lora", "sample_canvas",
+           "sample_controlled", "sample_patch_parallel", "save_lora", "serve_bounded_async", "serve_with_loras",
+           "split_patches", "train_lora", "unmerge_loras",
+           "ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
            "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig", "balanced_labels", "class_diversity",
            "classifier_confidence", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
            "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",

@@ -1,0 +1,573 @@
+"""Serving a diffusion model with add-on modules: LoRA patching and loading.
+
+Paper: *SwiftDiffusion: Efficient Diffusion Model Serving with Add-on Modules* (Li et al., 2024,
+arXiv:2407.02031). Production text-to-image requests rarely use the bare base model: most carry
+LoRAs (low-rank weight deltas that give a style) and ControlNets (a trainable copy of the UNet's
+encoder that reads a control image and adds its features to the base model's skips). Each add-on
+has to be loaded, patched in and computed, and SwiftDiffusion measures that these overheads,
+not the base model, dominate serving latency. Its answers include running ControlNets on
+separate devices in parallel with the base model and overlapping LoRA loading with the first
+denoising steps (bounded asynchronous LoRA loading).
+
+A LoRA (Hu et al., 2021, arXiv:2106.09685) replaces a weight ``W`` of shape (O, I) by
+``W + s * U D`` with ``D`` (r, I), ``U`` (O, r) and a small rank r; a convolution's kernel is
+flattened to (O, I * k * k) first. A server can apply it in two ways:
+
+- **merge**: add ``s U D`` into ``W`` once before sampling and restore ``W`` after, a cost per
+  request that does not depend on the number of steps S;
+- **on the fly**: leave ``W`` alone and add the low-rank branch ``s U (D x)`` to the layer's output
+  at every step, a cost per step.
+
+So merging wins for long runs and the branch for short ones; :class:`LoRACost` predicts where
+they cross. Several LoRAs are stacked into one branch of rank ``sum r`` (or one merged delta).
+Merged weights hold one patch at a time, but the branch can give each image of a batch its own
+LoRA (a mask over the stacked rank), so requests with different LoRAs share one batch
+(:func:`serve_with_loras` with ``per_image=True``). :func:`serve_bounded_async` loads LoRA files
+in a thread while the base model runs its first steps, and patches them in after at most k steps.
+
+The ControlNet-style add-on run beside the base encoder is in :mod:`labkit.diffusion.controlnet`.
+
+What the miniature leaves out: attention-layer LoRAs and text conditioning, multi-LoRA kernels
+(Punica, S-LoRA), trained ControlNets (ours is untrained: the timing and the exactness of the
+parallel schedule are what is measured), separate GPUs (threads of one CPU process stand in for
+them, and share its interpreter lock).
+
+Shapes: B batch, C channels, H x W image, O x I a weight (output x flattened input), r rank,
+K LoRAs, S steps.
+Section: chapter 09, "Serving: add-ons and patch parallelism".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from labkit.runtime import seed_everything
+from labkit.validation import check_int
+
+from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .unet import TinyUNet
+
+__all__ = ["AsyncLoad", "LoRA", "LoRACost", "MergedWeights", "ServeTiming", "load_lora", "lora_branches", "lora_targets", "merge_loras", "random_lora", "save_lora", "serve_bounded_async", "serve_with_loras", "train_lora", "unmerge_loras"]
+
+
+@dataclass(frozen=True, eq=False)
+class LoRA:
+    """One low-rank add-on: per target layer a down factor D (r, I) and an up factor U (O, r).
+
+    Attributes:
+        name: a label (the "style").
+        factors: layer name (as in ``named_modules``) -> ``(down, up)``.
+        scale: s, multiplies ``U D``.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+
+    name: str
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    scale: float = 1.0
+
+    @property
+    def rank(self) -> int:
+        """r (the largest over layers)."""
+        return max(d.shape[0] for d, _ in self.factors.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all factors."""
+        return sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in self.factors.values())
+
+
+def lora_targets(model: nn.Module, *, suffixes: Sequence[str] | None = None) -> list[str]:
+    """Names of the layers a LoRA may patch: the model's ``Conv2d`` and ``Linear`` layers.
+
+    Args:
+        model: the base model.
+        suffixes: keep only names ending in one of these (``("conv1", "conv2")``: the residual
+            blocks' 3 x 3 convolutions); default all.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(suffixes, str):
+        raise TypeError("suffixes must be a sequence of strings, e.g. ('conv1', 'conv2'), not one string")
+    names = [name for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    return names if suffixes is None else [n for n in names if n.endswith(tuple(suffixes))]
+
+
+def _layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
+    if unknown:
+        raise ValueError(f"not Conv2d/Linear layers of the model: {unknown[:3]}")
+    return {n: modules[n] for n in names}
+
+
+def _check_loras(model: nn.Module, loras: Sequence[LoRA]) -> list[LoRA]:
+    loras = list(loras)
+    for lora in loras:
+        if not isinstance(lora, LoRA):
+            raise TypeError(f"loras must hold LoRA objects, got {type(lora).__name__}")
+        layers = _layers(model, list(lora.factors))
+        for name, (down, up) in lora.factors.items():
+            w = layers[name].weight
+            if down.dim() != 2 or up.dim() != 2 or up.shape != (w.shape[0], down.shape[0]) \
+                    or down.shape[1] != w[0].numel():
+                raise ValueError(f"LoRA {lora.name!r} layer {name}: factors {tuple(down.shape)}, {tuple(up.shape)} "
+                                 f"do not fit a weight {tuple(w.shape)}")
+    return loras
+
+
+def random_lora(model: nn.Module, *, rank: int, seed: int, scale: float = 1.0, std: float = 0.02,
+                targets: Sequence[str] | None = None, name: str | None = None) -> LoRA:
+    """A LoRA with random factors: what serving costs does not depend on what the LoRA learned.
+
+    ``D`` is uniform in ``+-1/sqrt(I)`` and ``U`` normal with standard deviation ``std``.
+
+    Args:
+        model: the base model.
+        rank: r.
+        seed: seeds the factors (layer by layer, by name).
+        scale: s.
+        std: spread of U.
+        targets: layers to patch (default :func:`lora_targets`).
+        name: label (default ``f"random-{seed}"``).
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    r = check_int("rank", rank, 1)
+    layers = _layers(model, lora_targets(model) if targets is None else list(targets))
+    factors = {}
+    for lname, mod in layers.items():
+        digest = hashlib.blake2b(f"{seed}:{lname}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
+        O, I = mod.weight.shape[0], mod.weight[0].numel()
+        down = (torch.rand(r, I, generator=g) * 2 - 1) / I**0.5
+        factors[lname] = (down, torch.randn(O, r, generator=g) * std)
+    return LoRA(name=name or f"random-{seed}", factors=factors, scale=float(scale))
+
+
+def _stacked(loras: Sequence[LoRA]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer, the LoRAs' factors side by side: D (sum r, I), s-scaled U (O, sum r), owner (sum r,)."""
+    out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
+    for k, lora in enumerate(loras):
+        for name, (down, up) in lora.factors.items():
+            downs, ups, owner = out.setdefault(name, ([], [], []))
+            downs.append(down)
+            ups.append(up if lora.scale == 1.0 else up * lora.scale)
+            owner.extend([k] * down.shape[0])
+    # a lone LoRA is used as it is (no copy), so train_lora's gradients reach its factors
+    return {n: (d[0] if len(d) == 1 else torch.cat(d, 0), u[0] if len(u) == 1 else torch.cat(u, 1),
+                torch.tensor(o)) for n, (d, u, o) in out.items()}
+
+
+@dataclass
+class MergedWeights:
+    """What :func:`merge_loras` changed: the original weights, to restore them exactly."""
+
+    backup: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def merge_loras(model: nn.Module, loras: Sequence[LoRA]) -> MergedWeights:
+    """Patch the LoRAs into the weights in place: ``W <- W + sum_k s_k U_k D_k`` (LoRA eq. 3).
+
+    Args:
+        model: the base model (changed in place).
+        loras: K LoRAs, stacked into one product per layer.
+
+    Returns:
+        :class:`MergedWeights`, the backup :func:`unmerge_loras` restores.
+
+    Shapes:
+        per layer: D (K r, I) and U (O, K r) -> delta (O, I) viewed as the weight's shape.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    loras = _check_loras(model, loras)
+    stacked = _stacked(loras)
+    layers = _layers(model, list(stacked))
+    backup = {}
+    for name, (down, up, _) in stacked.items():
+        w = layers[name].weight
+        backup[name] = w.detach().clone()
+        w.add_((up @ down).view_as(w))  # (O, Kr) @ (Kr, I) -> (O, I)
+    return MergedWeights(backup=backup)
+
+
+@torch.no_grad()
+def unmerge_loras(model: nn.Module, merged: MergedWeights) -> None:
+    """Restore the weights :func:`merge_loras` changed, bit for bit (a copy, not a subtraction).
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    if not isinstance(merged, MergedWeights):
+        raise TypeError(f"merged must be what merge_loras returned, got {type(merged).__name__}")
+    layers = _layers(model, list(merged.backup))
+    for name, w in merged.backup.items():
+        layers[name].weight.copy_(w)
+
+
+def _branch(mod: nn.Module, down: torch.Tensor, up: torch.Tensor, x: torch.Tensor,
+            mask: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(mod, nn.Linear):
+        h = F.linear(x, down)  # (B, I) -> (B, Kr)
+        return F.linear(h if mask is None else h * mask, up)  # (B, O)
+    w = mod.weight
+    d = down.view(down.shape[0], *w.shape[1:])  # (Kr, I/groups, k, k): the same window as the layer
+    h = F.conv2d(x, d, None, mod.stride, mod.padding, mod.dilation, mod.groups)  # (B, Kr, H', W')
+    if mask is not None:
+        h = h * mask[:, :, None, None]  # keep each image's own LoRA
+    return F.conv2d(h, up[:, :, None, None])  # 1 x 1: (B, O, H', W')
+
+
+@contextmanager
+def lora_branches(model: nn.Module, loras: Sequence[LoRA], *, assign: torch.Tensor | None = None) -> Iterator[None]:
+    """Inside the block, every patched layer adds ``s U (D x)`` to its output: the LoRA on the fly.
+
+    The weights are not touched; a forward hook per layer computes the stacked low-rank branch
+    of all K LoRAs (rank ``sum r``) from the layer's input. With ``assign``, image b of the batch
+    gets only LoRA ``assign[b]``: the branch still runs once for the whole batch, and a mask
+    keeps each image's own LoRA channels, so requests with different LoRAs share one batch (what
+    merged weights cannot do). Gradients flow to the factors, so :func:`train_lora` uses the same
+    mechanism.
+
+    Args:
+        model: the base model.
+        loras: K LoRAs.
+        assign: (B,) int64 LoRA index per image, or None (every image gets all K).
+
+    Shapes:
+        per layer: branch activations (B, sum r, H', W'), mask (B, sum r).
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    loras = _check_loras(model, loras)
+    if assign is not None:
+        if assign.dim() != 1 or assign.dtype.is_floating_point:
+            raise ValueError(f"assign must be (B,) integer LoRA indices, got {tuple(assign.shape)} {assign.dtype}")
+        if assign.numel() and (int(assign.min()) < 0 or int(assign.max()) >= len(loras)):
+            raise ValueError(f"assign must hold indices in [0, {len(loras)}), got [{int(assign.min())}, "
+                             f"{int(assign.max())}]")
+    stacked = _stacked(loras)
+    layers = _layers(model, list(stacked))
+    handles = []
+    for name, (down, up, owner) in stacked.items():
+        mask = None if assign is None else (assign[:, None] == owner[None, :]).float()  # (B, sum r)
+
+        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, down: torch.Tensor = down,
+                 up: torch.Tensor = up, mask: torch.Tensor | None = mask) -> torch.Tensor:
+            return out + _branch(mod, down, up, inputs[0], mask)
+        handles.append(layers[name].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def train_lora(model: TinyUNet, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None, *,
+               rank: int = 4, steps: int = 100, batch_size: int = 64, lr: float = 1e-2, seed: int = 0,
+               targets: Sequence[str] | None = None, name: str = "lora") -> LoRA:
+    """Fit a LoRA to new images with the DDPM loss (eq. 14), the base weights frozen.
+
+    ``D`` starts uniform in ``+-1/sqrt(I)`` and ``U`` at zero (as in the LoRA paper), so the
+    patched model starts as the base model.
+
+    Args:
+        model: the base model (left unchanged).
+        schedule: its schedule.
+        images: (N, C, H, W) in [-1, 1], the "style".
+        labels: (N,) classes (for a class-conditional model).
+        rank, steps, batch_size, lr, seed: the recipe (Adam).
+        targets: layers to patch (default :func:`lora_targets`).
+        name: label.
+
+    Returns:
+        :class:`LoRA` with scale 1.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
+    if images.dim() != 4 or images.shape[0] < 1:
+        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    gen = seed_everything(seed)
+    init = random_lora(model, rank=rank, seed=seed, targets=targets, name=name)
+    params = {n: (d.clone().requires_grad_(True), torch.zeros_like(u).requires_grad_(True))
+              for n, (d, u) in init.factors.items()}
+    opt = torch.optim.Adam([p for pair in params.values() for p in pair], lr=lr)
+    frozen = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False).eval()
+    lora = LoRA(name=name, factors=params)
+    try:
+        with lora_branches(model, [lora]):
+            for _ in range(steps):
+                idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+                t = torch.randint(0, schedule.n_steps, (batch_size,), generator=gen)
+                noise = torch.randn((batch_size, *images.shape[1:]), generator=gen)
+                x_t = schedule.q_sample(images[idx], t, noise)
+                loss = F.mse_loss(model(x_t, t, labels[idx] if labels is not None else None), noise)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    finally:
+        for p, flag in zip(model.parameters(), frozen):
+            p.requires_grad_(flag)
+    return LoRA(name=name, factors={n: (d.detach(), u.detach()) for n, (d, u) in params.items()})
+
+
+def save_lora(lora: LoRA, path: str | Path) -> Path:
+    """Write a LoRA with ``torch.save`` (factors, name, scale); returns the path.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    if not isinstance(lora, LoRA):
+        raise TypeError(f"lora must be a LoRA, got {type(lora).__name__}")
+    path = Path(path)
+    torch.save({"name": lora.name, "scale": lora.scale, "factors": lora.factors}, path)
+    return path
+
+
+def load_lora(path: str | Path) -> LoRA:
+    """Read a LoRA written by :func:`save_lora`.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no LoRA file at {path}")
+    state = torch.load(path, weights_only=True)
+    return LoRA(name=state["name"], factors={n: (d, u) for n, (d, u) in state["factors"].items()},
+                scale=float(state["scale"]))
+
+
+_MODES = ("merge", "on_the_fly")
+
+
+@dataclass(frozen=True)
+class ServeTiming:
+    """Wall-clock seconds of one request served with LoRAs, by phase.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+
+    patch_s: float
+    sample_s: float
+    unpatch_s: float
+
+    @property
+    def total_s(self) -> float:
+        """All three phases."""
+        return self.patch_s + self.sample_s + self.unpatch_s
+
+
+def _ddim_loop(model: TinyUNet, schedule: NoiseSchedule, x: torch.Tensor, y: torch.Tensor | None, steps: int,
+               before_step=None) -> torch.Tensor:  # noqa: ANN001
+    ts = ddim_timesteps(schedule.n_steps, steps)
+    for i, t in enumerate(ts.tolist()):
+        if before_step is not None:
+            before_step(i)
+        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long), y)
+        x = ddim_step(x, eps, t, t_prev, schedule)
+    return x.clamp(-1.0, 1.0)
+
+
+def _request_labels(model: TinyUNet, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    if model.cfg.n_classes is None:
+        return None
+    y = torch.arange(n) % model.cfg.n_classes if labels is None else labels
+    if y.shape != (n,):
+        raise ValueError(f"labels must be (B,) = ({n},), got {tuple(y.shape)}")
+    return y
+
+
+@torch.no_grad()
+def serve_with_loras(model: TinyUNet, schedule: NoiseSchedule, loras: Sequence[LoRA], *, mode: str,
+                     x_T: torch.Tensor, steps: int = 20, labels: torch.Tensor | None = None,
+                     per_image: bool = False) -> tuple[torch.Tensor, ServeTiming]:
+    """Serve DDIM requests with LoRAs applied by merging or on the fly, timed by phase.
+
+    With ``per_image=False`` one request draws all B images with all K LoRAs: ``"merge"`` merges
+    them, samples and restores the weights; ``"on_the_fly"`` samples inside :func:`lora_branches`.
+    With ``per_image=True`` there are K = B requests of one image each, image b with LoRA b:
+    ``"merge"`` must serve them one after the other (the weights hold one patch at a time),
+    ``"on_the_fly"`` serves them as one batch with a per-image mask.
+
+    Args:
+        model, schedule: the base model and its schedule.
+        loras: K >= 0 LoRAs (K = B when ``per_image``).
+        mode: ``"merge"`` or ``"on_the_fly"``.
+        x_T: (B, C, H, W) starting noise.
+        steps: S.
+        labels: (B,) classes (default 0, 1, 2, ...).
+        per_image: one request (and LoRA) per image.
+
+    Returns:
+        ``(images in [-1, 1], ServeTiming)``; the model is left as it was.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    loras = _check_loras(model, loras)
+    B = x_T.shape[0]
+    if per_image and len(loras) != B:
+        raise ValueError(f"per_image needs one LoRA per image: {len(loras)} LoRAs for {B} images")
+    y = _request_labels(model, labels, B)
+    model.eval()
+    patch = sample = unpatch = 0.0
+    if mode == "merge":
+        groups = [([lora], slice(b, b + 1)) for b, lora in enumerate(loras)] if per_image else [(loras, slice(0, B))]
+        outs = []
+        for group, rows in groups:
+            t0 = time.perf_counter()
+            merged = merge_loras(model, group) if group else None
+            t1 = time.perf_counter()
+            outs.append(_ddim_loop(model, schedule, x_T[rows], None if y is None else y[rows], steps))
+            t2 = time.perf_counter()
+            if merged is not None:
+                unmerge_loras(model, merged)
+            t3 = time.perf_counter()
+            patch, sample, unpatch = patch + t1 - t0, sample + t2 - t1, unpatch + t3 - t2
+        images = torch.cat(outs) if outs else _ddim_loop(model, schedule, x_T, y, steps)
+    else:
+        t0 = time.perf_counter()
+        with lora_branches(model, loras, assign=torch.arange(B) if per_image else None):
+            t1 = time.perf_counter()
+            images = _ddim_loop(model, schedule, x_T, y, steps)
+            t2 = time.perf_counter()
+        patch, sample, unpatch = t1 - t0, t2 - t1, time.perf_counter() - t2
+    return images, ServeTiming(patch_s=patch, sample_s=sample, unpatch_s=unpatch)
+
+
+@dataclass(frozen=True)
+class AsyncLoad:
+    """How a request with bounded asynchronous LoRA loading went.
+
+    Attributes:
+        patched_at: the step index before which the LoRAs were merged (0 = from the start).
+        load_s: seconds the loader thread spent reading the files.
+        wait_s: seconds the sampler stood waiting for the loader.
+        total_s: wall-clock seconds of the whole request.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+
+    patched_at: int
+    load_s: float
+    wait_s: float
+    total_s: float
+
+
+@torch.no_grad()
+def serve_bounded_async(model: TinyUNet, schedule: NoiseSchedule, paths: Sequence[str | Path], *, bound: int,
+                        x_T: torch.Tensor, steps: int = 20, labels: torch.Tensor | None = None,
+                        patch_at: int | None = None) -> tuple[torch.Tensor, AsyncLoad]:
+    """SwiftDiffusion's bounded asynchronous LoRA loading (BAL): sample while the LoRAs load.
+
+    A loader thread reads the LoRA files while the base model runs its first steps. Before each
+    step the sampler checks: once the files are in, it merges them and carries on with the LoRAs;
+    it never runs more than ``bound`` steps without them (at step ``bound`` it waits). The first
+    steps, which set the layout rather than the style, are the ones that may go without.
+
+    Args:
+        model, schedule: the base model and its schedule.
+        paths: files written by :func:`save_lora`.
+        bound: k, the most steps allowed without the LoRAs, in [0, S].
+        x_T: (B, C, H, W) starting noise.
+        steps: S.
+        labels: (B,) classes.
+        patch_at: merge exactly before this step (waiting if needed), for experiments that need
+            the same patching step on every run; default: as soon as loaded, at most ``bound``.
+
+    Returns:
+        ``(images in [-1, 1], AsyncLoad)``; the model is left as it was.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+    steps = check_int("steps", steps, 1)
+    bound = check_int("bound", bound, 0, steps)
+    if patch_at is not None:
+        check_int("patch_at", patch_at, 0, steps)
+    paths = [Path(p) for p in paths]
+    y = _request_labels(model, labels, x_T.shape[0])
+    model.eval()
+    start = time.perf_counter()
+    state: dict = {"merged": None, "at": steps, "wait": 0.0}
+
+    def read() -> tuple[list[LoRA], float]:
+        t0 = time.perf_counter()
+        return [load_lora(p) for p in paths], time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(read)
+
+        def before_step(i: int) -> None:
+            if state["merged"] is not None:
+                return
+            due = i == (bound if patch_at is None else patch_at)
+            if due or (patch_at is None and future.done()):
+                t0 = time.perf_counter()
+                loras, _ = future.result()
+                state["wait"] += time.perf_counter() - t0
+                state["merged"], state["at"] = merge_loras(model, loras), i
+
+        try:
+            images = _ddim_loop(model, schedule, x_T, y, steps, before_step)
+        finally:
+            if state["merged"] is not None:
+                unmerge_loras(model, state["merged"])
+        _, load_s = future.result()
+    return images, AsyncLoad(patched_at=state["at"], load_s=load_s, wait_s=state["wait"],
+                             total_s=time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class LoRACost:
+    """Two ways of serving with LoRAs as straight lines in S: ``merge + S * step`` vs ``setup + S * step'``.
+
+    Attributes:
+        merge_s: seconds to merge the LoRAs and restore the weights (per request).
+        merged_step_s: seconds of one sampling step with merged weights.
+        setup_s: seconds to install (and remove) the on-the-fly branches.
+        fly_step_s: seconds of one step with the branches.
+
+    Section: chapter 09, "Serving: add-ons and patch parallelism".
+    """
+
+    merge_s: float
+    merged_step_s: float
+    setup_s: float
+    fly_step_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("merge_s", "merged_step_s", "setup_s", "fly_step_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+    def merged(self, steps: int) -> float:
+        """Predicted seconds of S steps served by merging."""
+        return self.merge_s + check_int("steps", steps, 1) * self.merged_step_s
+
+    def on_the_fly(self, steps: int) -> float:
+        """Predicted seconds of S steps served with the branches."""
+        return self.setup_s + check_int("steps", steps, 1) * self.fly_step_s
+
+    @property
+    def crossover_steps(self) -> float:
+        """S where both lines meet (``inf`` if parallel); can be below 1 or negative (no crossover in range)."""
+        slope = self.fly_step_s - self.merged_step_s
+        return float("inf") if slope == 0 else (self.merge_s - self.setup_s) / slope
