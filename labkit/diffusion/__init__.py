@@ -8,9 +8,13 @@ from .addons import (AsyncLoad, LoRA, LoRACost, MergedWeights, ServeTiming, load
                      merge_loras, random_lora, save_lora, serve_bounded_async, serve_with_loras, train_lora,
                      unmerge_loras)
 from .controlnet import ControlAddon, controlled_noise, sample_controlled
+from .faster import (PAPER_INJECTION, PAPER_KEY_STEPS_50, amdahl_speedup, check_key_steps, key_groups,
+                     paper_key_steps, sample_propagated, skipped_fraction, uniform_key_steps)
 from .norm import group_norm_silu, group_norm_silu_reference
 from .patch_parallel import (PatchConfig, PatchRun, canvas_forward, canvas_tiles, conditioned_layers, halo_layers,
                              merge_patches, sample_canvas, sample_patch_parallel, split_patches)
+from .profiling import (BlockProfile, FeatureChange, OpBreakdown, TimeSplit, feature_change, interleaved_times,
+                        op_breakdown, op_kind, paired_speedup, part_params, profile_blocks, time_split, unet_blocks)
 from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
                       feature_frechet_distance, pixel_deviation, pretrained_classifier, sample_quality)
 from .sampling import balanced_labels, sample
@@ -18,7 +22,11 @@ from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .train import DDPMResult, DiffusionTrainConfig, ddpm_recipe, digits_split, pretrained_ddpm, train_ddpm
 from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 
-__all__ = ["AsyncLoad", "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
+__all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit",
+           "amdahl_speedup", "check_key_steps", "feature_change", "interleaved_times", "key_groups", "op_breakdown",
+           "op_kind", "paired_speedup", "paper_key_steps", "part_params", "profile_blocks", "sample_propagated",
+           "skipped_fraction", "time_split", "uniform_key_steps", "unet_blocks",
+           "AsyncLoad", "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
            "canvas_forward", "canvas_tiles", "conditioned_layers", "controlled_noise", "halo_layers", "load_lora",
            "lora_branches", "lora_targets", "merge_loras", "merge_patches", "random_lora", "sample_canvas",
            "sample_controlled", "sample_patch_parallel", "save_lora", "serve_bounded_async", "serve_with_loras",
