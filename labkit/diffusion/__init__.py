@@ -13,6 +13,7 @@ from .faster import (PAPER_INJECTION, PAPER_KEY_STEPS_50, amdahl_speedup, check_
 from .norm import group_norm_silu, group_norm_silu_reference
 from .patch_parallel import (PatchConfig, PatchRun, canvas_forward, canvas_tiles, conditioned_layers, halo_layers,
                              merge_patches, sample_canvas, sample_patch_parallel, split_patches)
+from . import pruning
 from .profiling import (BlockProfile, FeatureChange, OpBreakdown, TimeSplit, feature_change, interleaved_times,
                         op_breakdown, op_kind, paired_speedup, part_params, profile_blocks, time_split, unet_blocks)
 from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
@@ -24,7 +25,7 @@ from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 
 __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit",
            "amdahl_speedup", "check_key_steps", "feature_change", "interleaved_times", "key_groups", "op_breakdown",
-           "op_kind", "paired_speedup", "paper_key_steps", "part_params", "profile_blocks", "sample_propagated",
+           "op_kind", "paired_speedup", "paper_key_steps", "part_params", "profile_blocks", "pruning", "sample_propagated",
            "skipped_fraction", "time_split", "uniform_key_steps", "unet_blocks",
            "AsyncLoad", "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
            "canvas_forward", "canvas_tiles", "conditioned_layers", "controlled_noise", "halo_layers", "load_lora",
