@@ -1,0 +1,218 @@
+"""Uniform quantizers: symmetric and affine, per tensor, per channel and per group.
+
+A ``b``-bit uniform quantizer maps a real ``x`` to an integer code and back,
+
+    q = clamp(round(x / s) + z, q_min, q_max),        x_hat = s (q - z),
+
+with a scale ``s > 0`` and a zero point ``z``. *Symmetric* quantizers fix ``z = 0`` and use the
+signed codes ``[-2^(b-1), 2^(b-1) - 1]`` with ``s = max|x| / (2^(b-1) - 1)``; *affine* ones use
+``[0, 2^b - 1]`` and place the zero point so that the observed ``[lo, hi]`` range is covered.
+The rounding error of a value inside the range is at most ``s / 2``; values outside are clipped,
+which is where outliers hurt: one large value stretches ``s`` for everything that shares it.
+Sharing is what the *granularity* decides: one scale per tensor, per output channel (a row of a
+weight matrix) or per group of ``G`` consecutive values along the last dimension.
+
+Codes for ``b <= 4`` are stored two per byte by :mod:`labkit.quant.packing`; :class:`QTensor`
+reports its exact size in bytes (codes plus fp16 scales and zero points).
+
+Rounding uses a straight-through estimator (the gradient of ``round`` is taken as 1), so a
+fake-quantized model can be finetuned (QuEST, chapter 10 section 2).
+
+What the miniature leaves out: non-uniform codebooks (NF4), floating-point formats (FP8/FP4) and
+stochastic rounding.
+
+Shape letters: N elements, C channels (dimension ``axis``), G group size along the last dimension.
+
+Section: chapter 10, "Quantization from first principles".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..validation import check_int
+
+__all__ = ["GRANULARITIES", "QSpec", "QTensor", "code_range", "dequantize", "fake_quantize", "quantize",
+           "quantize_tensor", "reduce_range", "round_ste", "scale_zero"]
+
+GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
+_SCALE_BYTES = 2  # scales and zero points are stored in fp16
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """How to quantize a tensor.
+
+    Attributes:
+        bits: code width b, 2..8.
+        symmetric: signed codes with zero point 0, else unsigned affine codes.
+        granularity: ``"tensor"``, ``"channel"`` (one scale per index of ``axis``) or
+            ``"group"`` (one per ``group_size`` consecutive values of the last dimension,
+            per row).
+        axis: the channel dimension for ``granularity="channel"``.
+        group_size: G for ``granularity="group"``.
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "tensor"
+    axis: int = 0
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("bits", self.bits, 2, 8)
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "group":
+            if self.group_size is None:
+                raise ValueError("granularity='group' needs a group_size")
+            check_int("group_size", self.group_size, 1)
+        elif self.group_size is not None:
+            raise ValueError(f"group_size is only used with granularity='group', got {self.group_size}")
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The smallest and largest integer code: ``[-2^(b-1), 2^(b-1)-1]`` or ``[0, 2^b-1]``."""
+    check_int("bits", bits, 2, 8)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+
+def _grouped(x: torch.Tensor, spec: QSpec) -> torch.Tensor:
+    """View ``x`` as (rows, groups): each row of the view shares one scale."""
+    if spec.granularity == "tensor":
+        return x.reshape(1, -1)
+    if spec.granularity == "channel":
+        axis = spec.axis % x.dim() if x.dim() else 0
+        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    if x.dim() == 0 or x.shape[-1] % spec.group_size:
+        size = x.shape[-1] if x.dim() else 1
+        raise ValueError(f"group_size={spec.group_size} does not divide the last dimension ({size})")
+    return x.reshape(-1, spec.group_size)
+
+
+def _ungrouped(v: torch.Tensor, x: torch.Tensor, spec: QSpec) -> torch.Tensor:
+    """Inverse of :func:`_grouped` for a tensor of the grouped view's shape."""
+    if spec.granularity == "channel":
+        axis = spec.axis % x.dim() if x.dim() else 0
+        moved = list(x.movedim(axis, 0).shape)
+        return v.reshape(moved).movedim(0, axis)
+    return v.reshape(x.shape)
+
+
+def reduce_range(x: torch.Tensor, spec: QSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of ``x`` per scale-sharing slice.
+
+    Returns:
+        ``(lo, hi)``, each of shape (S,): S = 1, C or N / G.
+    """
+    g = _grouped(x.detach(), spec)
+    return g.amin(dim=1), g.amax(dim=1)
+
+
+def scale_zero(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``[lo, hi]`` (elementwise, any shape).
+
+    Symmetric: ``s = max(|lo|, |hi|) / (2^(b-1) - 1)``, ``z = 0``. Affine: the range is first
+    widened to contain 0 (so that 0 is exact), ``s = (hi - lo) / (2^b - 1)``,
+    ``z = round(-lo / s)``. A zero range gets a tiny positive scale instead of dividing by 0.
+    """
+    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    if (lo > hi).any():
+        raise ValueError("every lo must be <= hi")
+    q_min, q_max = code_range(spec.bits, spec.symmetric)
+    if spec.symmetric:
+        scale = torch.maximum(lo.abs(), hi.abs()) / q_max
+        zero = torch.zeros_like(scale)
+    else:
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        scale = (hi - lo) / (q_max - q_min)
+        zero = torch.round(-lo / scale.clamp(min=1e-12))
+    return scale.clamp(min=1e-12), zero
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` forward, identity backward (the straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QSpec) -> torch.Tensor:
+    """Integer codes of ``x`` (as float, rounded with STE) for per-slice ``scale``/``zero`` (S,)."""
+    q_min, q_max = code_range(spec.bits, spec.symmetric)
+    g = _grouped(x, spec)
+    if scale.numel() != g.shape[0] or zero.numel() != g.shape[0]:
+        raise ValueError(f"{spec.granularity} quantization of shape {tuple(x.shape)} needs {g.shape[0]} scales, "
+                         f"got {scale.numel()} scales and {zero.numel()} zero points")
+    q = torch.clamp(round_ste(g / scale.reshape(-1, 1)) + zero.reshape(-1, 1), q_min, q_max)
+    return _ungrouped(q, x, spec)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QSpec) -> torch.Tensor:
+    """``s (q - z)`` per slice: the values the codes stand for."""
+    g = _grouped(q.to(scale.dtype) if not q.is_floating_point() else q, spec)
+    return _ungrouped((g - zero.reshape(-1, 1)) * scale.reshape(-1, 1), q, spec)
+
+
+def fake_quantize(x: torch.Tensor, spec: QSpec, *, lo: torch.Tensor | None = None,
+                  hi: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize and dequantize ``x`` (same shape and dtype): the error a ``b``-bit format makes.
+
+    Args:
+        x: any float tensor.
+        spec: bits, symmetry and granularity.
+        lo, hi: calibrated ranges per slice (S,); default: ``x``'s own min and max (dynamic).
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"fake_quantize needs a float tensor, got {x.dtype}")
+    if (lo is None) != (hi is None):
+        raise ValueError("pass both lo and hi, or neither")
+    if lo is None:
+        lo, hi = reduce_range(x, spec)
+    scale, zero = scale_zero(lo.to(x.device), hi.to(x.device), spec)
+    out = dequantize(quantize(x.float(), scale, zero, spec), scale, zero, spec)
+    return out.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A quantized tensor: integer codes plus the scales and zero points to read them.
+
+    Attributes:
+        codes: int16 codes, ``x``'s shape.
+        scale, zero: per slice (S,), float32.
+        spec: the format.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    spec: QSpec
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 tensor the codes represent."""
+        return dequantize(self.codes, self.scale, self.zero, self.spec)
+
+    @property
+    def nbytes(self) -> int:
+        """Storage in bytes: ``ceil(N b / 8)`` for the codes (packed, two int4 per byte) plus fp16
+        scales, and fp16 zero points for affine formats."""
+        code_bytes = -(-self.codes.numel() * self.spec.bits // 8)
+        per_slice = _SCALE_BYTES * (1 if self.spec.symmetric else 2)
+        return code_bytes + per_slice * self.scale.numel()
+
+    @property
+    def bits_per_value(self) -> float:
+        """Average storage per value, scales included."""
+        return 8 * self.nbytes / self.codes.numel()
+
+
+def quantize_tensor(x: torch.Tensor, spec: QSpec) -> QTensor:
+    """Quantize ``x`` with ranges taken from ``x`` itself (the usual way for weights)."""
+    if not x.is_floating_point():
+        raise TypeError(f"quantize_tensor needs a float tensor, got {x.dtype}")
+    lo, hi = reduce_range(x, spec)
+    scale, zero = scale_zero(lo, hi, spec)
+    with torch.no_grad():
+        codes = quantize(x.float(), scale, zero, spec).to(torch.int16)
+    return QTensor(codes=codes, scale=scale, zero=zero, spec=spec)
