@@ -1,0 +1,107 @@
+"""Secure multi-party inference (chapter 14): a small MPC engine over the ring Z_2^64.
+
+Two computing parties P0, P1 hold additive shares; a dealer P2 hands out correlated
+randomness (Beaver triples). Programs are SPMD Python functions on :class:`Shared` values,
+run by :func:`run` in threads (``runtime="simulator"``) or in three real processes
+(``runtime="processes"``); every message is logged and the counters match the closed-form
+costs of :mod:`labkit.mpc.cost` exactly.
+
+- :mod:`labkit.mpc.ring`: the ring, fixed point;
+- :mod:`labkit.mpc.sharing`: additive/XOR sharing in plain tensors, uniformity tests;
+- :mod:`labkit.mpc.engine`, :mod:`labkit.mpc.shared`: the party context and shared values;
+- :mod:`labkit.mpc.dealer`, :mod:`labkit.mpc.beaver`: triples, products, truncation;
+- :mod:`labkit.mpc.compare`: sign, ReLU, comparisons, max;
+- :mod:`labkit.mpc.cost`, :mod:`labkit.mpc.comm`: cost formulas, message log, transports;
+- :mod:`labkit.mpc.runtime`, :mod:`labkit.mpc.programs`: running programs, demo programs;
+- :mod:`labkit.mpc.ringmm`: the ring matrix product (reference and kernel);
+- :mod:`labkit.mpc.approx`: PUMA's GeLU, exp, softmax, reciprocal, rsqrt and LayerNorm;
+- :mod:`labkit.mpc.transformer`: the tiny GPT evaluated in secret.
+"""
+
+from .beaver import beaver_matmul, beaver_mul, beaver_square, finish_product, truncate, truncate_share
+from .comm import DEALER, Message, MessageLog, MPCError, MPCTimeout
+from .compare import and_gates, b2a, greater_than, less_than, max_along, msb, relu, where
+from .cost import (
+    Cost,
+    input_cost,
+    matmul_cost,
+    max_cost,
+    msb_cost,
+    mul_cost,
+    relu_cost,
+    reveal_cost,
+    square_cost,
+    truncate_cost,
+    where_cost,
+)
+from .engine import Party
+from .ring import DEFAULT_FRAC_BITS, decode, encode, random_ring, ring_mm
+from .runtime import RUNTIMES, MPCRun, run
+from .shared import Shared, cat, stack
+from .sharing import chi_square_uniform, reconstruct, reconstruct_xor, share, share_xor
+
+from . import approx, transformer
+from .approx import gelu, layer_norm, reciprocal, rsqrt, softmax
+from .ringmm import balanced_bytes, check_ring_operands, ring_matmul, ring_matmul_limbs, ring_matmul_reference
+
+__all__ = [
+    "approx",
+    "transformer",
+    "gelu",
+    "layer_norm",
+    "reciprocal",
+    "rsqrt",
+    "softmax",
+    "balanced_bytes",
+    "check_ring_operands",
+    "ring_matmul",
+    "ring_matmul_limbs",
+    "ring_matmul_reference",
+    "DEALER",
+    "DEFAULT_FRAC_BITS",
+    "RUNTIMES",
+    "Cost",
+    "MPCError",
+    "MPCRun",
+    "MPCTimeout",
+    "Message",
+    "MessageLog",
+    "Party",
+    "Shared",
+    "and_gates",
+    "b2a",
+    "beaver_matmul",
+    "beaver_mul",
+    "beaver_square",
+    "cat",
+    "chi_square_uniform",
+    "decode",
+    "encode",
+    "finish_product",
+    "greater_than",
+    "input_cost",
+    "less_than",
+    "matmul_cost",
+    "max_along",
+    "max_cost",
+    "msb",
+    "msb_cost",
+    "mul_cost",
+    "random_ring",
+    "reconstruct",
+    "reconstruct_xor",
+    "relu",
+    "relu_cost",
+    "reveal_cost",
+    "ring_mm",
+    "run",
+    "share",
+    "share_xor",
+    "square_cost",
+    "stack",
+    "truncate",
+    "truncate_cost",
+    "truncate_share",
+    "where",
+    "where_cost",
+]
