@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,32 @@ from tests import _book
 os.environ.setdefault("PLOTLY_RENDERER", "notebook_connected")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("LABKIT_RECORDS_DIR", str(_book.BUILD / "records"))
+
+
+def _import_triton_for_the_interpreter() -> None:
+    """On a machine without CUDA, import Triton once with TRITON_INTERPRET=1, then unset it.
+
+    triton.language jits its own helpers (tl.cdiv, tl.sum, ...) when it is first imported, and
+    the interpreter can only call them if that import happened under TRITON_INTERPRET=1. Torch's
+    optimizers import Triton on their first step, so without this the kernel tests would fail
+    whenever a test that trains a model ran first (e.g. one test file run alone).
+    """
+    import torch
+
+    if torch.cuda.is_available() or "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        importlib.import_module("triton.language")
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+_import_triton_for_the_interpreter()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
