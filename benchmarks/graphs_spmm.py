@@ -32,25 +32,11 @@ import argparse
 import datetime
 import math
 import sys
-from collections.abc import Callable
 
 import torch
 
+from labkit.runtime import cuda_median_seconds as bench
 
-def bench(fn: Callable[[], object]) -> float:
-    """Median seconds of ``fn`` over >= 20 timed runs after warm-up (``do_bench`` takes ms)."""
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    est_ms = max(start.elapsed_time(end), 1e-3)
-    return triton.testing.do_bench(fn, warmup=max(25.0, 3 * est_ms), rep=max(100.0, 25 * est_ms),
-                                   return_mode="median") / 1e3
 
 
 def ms(seconds: float) -> str:

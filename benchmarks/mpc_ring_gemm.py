@@ -35,9 +35,10 @@ import datetime
 import statistics
 import sys
 import time
-from collections.abc import Callable
 
 import torch
+
+from labkit.runtime import cuda_median_seconds as bench
 
 N_DIGIT_GEMMS = 36  # digit pairs (i, j) with i + j < 8
 GOAL_VS_LIMBS, GOAL_VS_CPU = 1.0, 20.0
@@ -46,21 +47,6 @@ SWEEP = [  # block_m, block_n, block_k, group_m, num_warps, num_stages (block_k 
     (64, 128, 128, 8, 4, 4), (128, 128, 128, 8, 16, 3), (256, 128, 128, 8, 16, 3), (128, 128, 128, 4, 8, 3),
 ]
 
-
-def bench(fn: Callable[[], object]) -> float:
-    """Median seconds of ``fn`` over >= 20 CUDA-event-timed runs after warm-up (``do_bench`` takes ms)."""
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    est_ms = max(start.elapsed_time(end), 1e-3)
-    return triton.testing.do_bench(fn, warmup=max(25.0, 3 * est_ms), rep=max(100.0, 25 * est_ms),
-                                   return_mode="median") / 1e3
 
 
 def ring_rand(shape: tuple[int, int], g: torch.Generator) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Timing", "progress_disabled", "seed_everything", "time_fn"]
+__all__ = ["Timing", "cuda_median_seconds", "progress_disabled", "seed_everything", "time_fn"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -108,3 +108,25 @@ def progress_disabled(tier: str) -> bool:
     from .tiers import validate_tier
 
     return validate_tier(tier) == "ci" or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+
+
+def cuda_median_seconds(fn: Callable[[], object]) -> float:
+    """Median seconds of a CUDA ``fn`` for the GPU benchmarks, by ``triton.testing.do_bench``.
+
+    One call first compiles and warms up, a second is timed with CUDA events to size the warm-up
+    (at least 3 estimated runs, 25 ms) and the measurement (at least 25 estimated runs, 100 ms),
+    so short and long kernels both get about 20 or more timed runs; ``do_bench`` clears the L2
+    cache between runs and reports milliseconds, converted here.
+    """
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    est_ms = max(start.elapsed_time(end), 1e-3)
+    return triton.testing.do_bench(fn, warmup=max(25.0, 3 * est_ms), rep=max(100.0, 25 * est_ms),
+                                   return_mode="median") / 1e3
