@@ -61,6 +61,8 @@ class QuantWrapper(nn.Module):
         self.register_buffer("a_lo", torch.full((1,), float("nan")))
         self.register_buffer("a_hi", torch.full((1,), float("nan")))
         self.mode = "float"
+        self._cache: torch.Tensor | None = None  # fake-quantized weight, reused while the weight is unchanged
+        self._cache_key: tuple | None = None
 
     def reset_observer(self) -> None:
         """Forget every range seen so far (for a new calibration)."""
@@ -75,9 +77,22 @@ class QuantWrapper(nn.Module):
             self.a_hi.copy_(hi)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight as the integer format represents it (float weight if ``w_spec`` is None)."""
+        """The weight as the integer format represents it (float weight if ``w_spec`` is None).
+
+        Without autograd the result is cached until the weight changes (its version counter,
+        bumped by every in-place update such as an optimizer step, or a new tensor); while
+        autograd records it is recomputed, so gradients flow through the rounding.
+        """
         w = self.inner.weight
-        return w if self.w_spec is None else fake_quantize(w, self.w_spec)
+        if self.w_spec is None:
+            return w
+        if torch.is_grad_enabled() and w.requires_grad:
+            return fake_quantize(w, self.w_spec)
+        key = (id(w), w._version, w.device, w.dtype)
+        if self._cache_key != key:
+            self._cache = fake_quantize(w.detach(), self.w_spec)
+            self._cache_key = key
+        return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "calibrate" and self.observer is not None:

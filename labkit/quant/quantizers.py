@@ -196,7 +196,8 @@ class QTensor:
     @property
     def nbytes(self) -> int:
         """Storage in bytes: ``ceil(N b / 8)`` for the codes (packed, two int4 per byte) plus fp16
-        scales, and fp16 zero points for affine formats."""
+        scales, and fp16 zero points for affine formats. (The fake quantizer keeps its scales in
+        fp32; storing them in fp16 moves each by at most 2^-11 of itself.)"""
         code_bytes = -(-self.codes.numel() * self.spec.bits // 8)
         per_slice = _SCALE_BYTES * (1 if self.spec.symmetric else 2)
         return code_bytes + per_slice * self.scale.numel()

@@ -75,3 +75,15 @@ def test_bad_arguments():
     set_mode(q, "quant")
     with pytest.raises(RuntimeError, match="not calibrated"):
         q(torch.randn(1, 1, 5, 5))
+
+
+def test_cached_weight_follows_in_place_updates():
+    q = quantize_model(small_net(), w_spec=QSpec(4, granularity="channel"), a_spec=None)
+    set_mode(q, "quant")
+    layer, x = q[2], torch.randn(2, 1, 5, 5)
+    with torch.no_grad():
+        first = q(x)
+        assert torch.equal(q(x), first) and layer.quantized_weight() is layer.quantized_weight()
+        layer.inner.weight.mul_(2.0)  # bumps the version counter: the cache must not serve the old weight
+        assert torch.allclose(layer.quantized_weight(), fake_quantize(layer.inner.weight, layer.w_spec))
+        assert not torch.allclose(q(x), first)
