@@ -9,7 +9,9 @@ Which one runs is decided, first match wins, by
 1. the ``backend=`` argument of the call,
 2. the innermost :func:`use_backend` context manager,
 3. the ``LABKIT_BACKEND`` environment variable,
-4. ``"auto"``: Triton when a CUDA device and Triton are both there, else the reference.
+4. ``"auto"``: Triton when a CUDA device and Triton are both there, else the reference; a call
+   whose tensor arguments include a CPU tensor runs the reference under ``auto`` even on a GPU
+   host (a small CPU model beside a GPU, the MPC parties' shares).
 
 Asking for an unknown backend raises ``ValueError``; asking for ``"triton"`` where it cannot
 run raises :class:`BackendUnavailable`. On a CPU-only machine ``backend="triton"`` runs the
@@ -144,4 +146,20 @@ class Op:
         return getattr(importlib.import_module(module), attr)
 
     def __call__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
+        if _auto_requested(backend) and _holds_cpu_tensor(args, kwargs):
+            return self.reference(*args, **kwargs)  # auto on a GPU host, but this call's data is on the CPU
         return self.implementation(backend)(*args, **kwargs)
+
+
+def _auto_requested(backend: str | None) -> bool:
+    """Whether the call leaves the choice to ``auto`` (no argument, context or variable names one)."""
+    if backend is not None:
+        return backend == "auto"
+    if _ACTIVE.get() is not None:
+        return _ACTIVE.get() == "auto"
+    return os.environ.get("LABKIT_BACKEND", "auto") in ("", "auto")
+
+
+def _holds_cpu_tensor(args: tuple, kwargs: dict) -> bool:
+    """Whether any tensor argument lives on the CPU (``auto`` then runs the reference there)."""
+    return any(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in (*args, *kwargs.values()))

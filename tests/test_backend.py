@@ -101,3 +101,19 @@ def test_op_imports_triton_implementation_lazily(monkeypatch: pytest.MonkeyPatch
     sys.modules.pop("tests._toy_kernels", None)
     assert OP(5, k=3, backend="triton") == "triton 5 3"
     assert "tests._toy_kernels" in sys.modules
+
+
+def test_auto_keeps_cpu_tensors_on_the_reference_on_a_gpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    op = Op("toy_tensor", reference=lambda x: seen.append("reference") or x,
+            triton="tests._toy_kernels:toy_triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    sys.modules.pop("tests._toy_kernels", None)
+    op(torch.zeros(2))  # auto, CPU tensor: the reference
+    assert seen == ["reference"]
+    assert op(5) == "triton 5 1"  # auto, no CPU tensor: Triton
+    assert op(torch.zeros(2), backend="triton") == f"triton {torch.zeros(2)} 1"  # explicit: obeyed
+    with use_backend("reference"):
+        op(torch.zeros(2))
+    assert seen == ["reference", "reference"]
