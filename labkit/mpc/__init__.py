@@ -15,6 +15,7 @@ costs of :mod:`labkit.mpc.cost` exactly.
 - :mod:`labkit.mpc.runtime`, :mod:`labkit.mpc.programs`: running programs, demo programs;
 - :mod:`labkit.mpc.ringmm`: the ring matrix product (reference and kernel);
 - :mod:`labkit.mpc.approx`: PUMA's GeLU, exp, softmax, reciprocal, rsqrt and LayerNorm;
+- :mod:`labkit.mpc.approx_cost`: their closed-form costs, and running one in secret;
 - :mod:`labkit.mpc.transformer`: the tiny GPT evaluated in secret.
 """
 
@@ -40,12 +41,13 @@ from .runtime import RUNTIMES, MPCRun, run
 from .shared import Shared, cat, stack
 from .sharing import chi_square_uniform, reconstruct, reconstruct_xor, share, share_xor
 
-from . import approx, transformer
+from . import approx, approx_cost, transformer
 from .approx import gelu, layer_norm, reciprocal, rsqrt, softmax
 from .ringmm import balanced_bytes, check_ring_operands, ring_matmul, ring_matmul_limbs, ring_matmul_reference
 
 __all__ = [
     "approx",
+    "approx_cost",
     "transformer",
     "gelu",
     "layer_norm",

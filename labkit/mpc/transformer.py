@@ -42,7 +42,8 @@ import torch
 
 from ..lm.gpt import GPT, GPTConfig
 from ..validation import check_int
-from .approx import GELU_CUTS, gelu, gelu_cost, layer_norm, layer_norm_cost, ops_for, softmax, softmax_cost
+from .approx import GELU_CUTS, gelu, layer_norm, ops_for, softmax
+from .approx_cost import gelu_cost, layer_norm_cost, softmax_cost
 
 __all__ = ["CATEGORIES", "ApproxConfig", "SecureGPTRun", "cost_by_category", "gpt_cost", "gpt_forward",
            "gpt_weights", "plain_logits", "secure_gpt_program", "secure_logits", "time_by_category", "weight_shapes"]
