@@ -50,7 +50,7 @@ import torch
 
 from labkit.validation import check_int
 
-from .sampling import balanced_labels
+from .sampling import start_state
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import Features, TinyUNet
 
@@ -205,25 +205,10 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
     below = T // 2 if injection_below is None else check_int("injection_below", injection_below, 0, T)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
         raise ValueError(f"eta must be a float >= 0, got {eta!r}")
-    cfg = model.cfg
     device = next(model.parameters()).device
     model.eval()
-    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
-    if x_T is None:
-        x_T = torch.randn(shape, generator=generator)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must be (n, C, H, W) = {shape}, got {tuple(x_T.shape)}")
-    if cfg.n_classes is not None:
-        y = balanced_labels(n, cfg.n_classes) if labels is None else labels
-        if y.shape != (n,):
-            raise ValueError(f"labels must be (n,) = ({n},), got {tuple(y.shape)}")
-        y = y.to(device)
-    elif labels is not None:
-        raise ValueError("labels given for an unconditional model (n_classes=None)")
-    else:
-        y = None
-
-    x0_noise = x_T.to(device)
+    x0_noise, y = start_state(model, n, x_T=x_T, labels=labels, generator=generator, device=device)
+    shape = tuple(x0_noise.shape)
     x = x0_noise
     for group in groups:
         t_key = torch.full((n,), ts[group[0]], device=device, dtype=torch.long)

@@ -27,7 +27,7 @@ from labkit.validation import check_int
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import TinyUNet
 
-__all__ = ["balanced_labels", "sample"]
+__all__ = ["balanced_labels", "sample", "start_state"]
 
 
 def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -41,6 +41,34 @@ def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str =
     check_int("n", n, 1)
     check_int("n_classes", n_classes, 1)
     return torch.arange(n, device=device) % n_classes
+
+
+def start_state(model: TinyUNet, n: int, *, x_T: torch.Tensor | None, labels: torch.Tensor | None,
+                generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sampler's starting noise and class labels, checked and moved to ``device``.
+
+    ``x_T`` defaults to fresh noise from ``generator``; ``labels`` to :func:`balanced_labels` for a
+    class-conditional model (and must be ``None`` for an unconditional one).
+
+    Returns:
+        ``(x_T, y)``: (B, C, H, W) and (B,) or ``None``.
+    """
+    cfg = model.cfg
+    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator)
+    elif tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must be (n, C, H, W) = {shape}, got {tuple(x_T.shape)}")
+    if cfg.n_classes is not None:
+        y = balanced_labels(n, cfg.n_classes) if labels is None else labels
+        if y.shape != (n,):
+            raise ValueError(f"labels must be (n,) = ({n},), got {tuple(y.shape)}")
+        y = y.to(device)
+    elif labels is not None:
+        raise ValueError("labels given for an unconditional model (n_classes=None)")
+    else:
+        y = None
+    return x_T.to(device), y
 
 
 @torch.no_grad()
@@ -78,25 +106,10 @@ def sample(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps: int = 50,
     """
     check_int("n", n, 1)
     ts = ddim_timesteps(schedule.n_steps, steps)  # (S,) descending; raises on a bad `steps`
-    cfg = model.cfg
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
-    if x_T is None:
-        x_T = torch.randn(shape, generator=generator)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must be (n, C, H, W) = {shape}, got {tuple(x_T.shape)}")
-    if cfg.n_classes is not None:
-        y = balanced_labels(n, cfg.n_classes) if labels is None else labels
-        if y.shape != (n,):
-            raise ValueError(f"labels must be (n,) = ({n},), got {tuple(y.shape)}")
-        y = y.to(device)
-    elif labels is not None:
-        raise ValueError("labels given for an unconditional model (n_classes=None)")
-    else:
-        y = None
-
-    x = x_T.to(device)
+    x, y = start_state(model, n, x_T=x_T, labels=labels, generator=generator, device=device)
+    shape = tuple(x.shape)
     trajectory = [x.cpu()] if return_trajectory else []
     for i, t in enumerate(ts.tolist()):
         t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1

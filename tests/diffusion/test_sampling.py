@@ -95,3 +95,15 @@ def test_bad_arguments_raise():
     uncond = TinyUNet(UNetConfig(base_channels=8, groups=4, time_dim=16, n_classes=None), init_seed=0)
     with pytest.raises(ValueError, match="unconditional"):
         sample(uncond, SCHEDULE, n=2, steps=2, labels=torch.tensor([0, 1]))
+
+
+def test_start_state_draws_noise_then_defaults_the_labels():
+    from labkit.diffusion.sampling import start_state
+
+    model = TinyUNet(UNetConfig())
+    x, y = start_state(model, 20, x_T=None, labels=None, generator=torch.Generator().manual_seed(3),
+                       device=torch.device("cpu"))
+    assert torch.equal(x, torch.randn(x.shape, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(y, balanced_labels(20, model.cfg.n_classes))
+    with pytest.raises(ValueError, match="x_T must be"):
+        start_state(model, 2, x_T=torch.zeros(3, 1, 8, 8), labels=None, generator=None, device=torch.device("cpu"))
