@@ -8,24 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.diffusion import NoiseSchedule, TinyUNet, UNetConfig
+from labkit.diffusion import TinyUNet
 from labkit.diffusion.addons import (AsyncLoad, LoRA, LoRACost, load_lora, lora_branches, lora_targets, merge_loras,
                                      random_lora, save_lora, serve_bounded_async, serve_with_loras, train_lora,
                                      unmerge_loras)
 from labkit.diffusion.controlnet import ControlAddon, controlled_noise, sample_controlled
 
-SMALL = UNetConfig(base_channels=8, groups=4, time_dim=16)
-SCHEDULE = NoiseSchedule(n_steps=100)
+from tests.diffusion._models import SCHEDULE, random_unet
 
 
 @pytest.fixture(scope="module")
 def model() -> TinyUNet:
-    m = TinyUNet(SMALL, init_seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m.eval()
+    return random_unet(0, std=0.2)
 
 
 def noise(B: int = 3, seed: int = 0) -> torch.Tensor:

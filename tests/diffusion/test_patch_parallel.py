@@ -5,24 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit.diffusion import NoiseSchedule, TinyUNet, UNetConfig
+from labkit.diffusion import TinyUNet
 from labkit.diffusion.patch_parallel import (PatchConfig, PatchRun, canvas_forward, canvas_tiles, conditioned_layers,
                                              halo_layers, merge_patches, sample_canvas, sample_patch_parallel,
                                              split_patches)
 
-SMALL = UNetConfig(base_channels=8, groups=4, time_dim=16)
-SCHEDULE = NoiseSchedule(n_steps=100)
+from tests.diffusion._models import SCHEDULE, random_unet
 
 
 @pytest.fixture(scope="module")
 def model() -> TinyUNet:
     """A small UNet with every parameter random (the zero-initialised layers would hide differences)."""
-    m = TinyUNet(SMALL, init_seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m.eval()
+    return random_unet(0, std=0.2)
 
 
 def canvas(B: int = 2, H: int = 8, W: int = 16, seed: int = 0) -> torch.Tensor:

@@ -6,21 +6,14 @@ import pytest
 import torch
 
 from labkit import Timing
-from labkit.diffusion import NoiseSchedule, TinyUNet, UNetConfig, sample
+from labkit.diffusion import TinyUNet, UNetConfig, sample
 from labkit.diffusion.profiling import (feature_change, interleaved_times, op_breakdown, op_kind, paired_speedup,
                                         part_params, profile_blocks, time_split, unet_blocks)
 
-SCHEDULE = NoiseSchedule(100)
-SMALL = UNetConfig(base_channels=8, groups=4, time_dim=16)
+from tests.diffusion._models import SCHEDULE, random_unet
 
 
-def randomised(seed: int = 0) -> TinyUNet:
-    model = TinyUNet(SMALL, init_seed=0)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
+randomised = random_unet
 
 
 def test_blocks_of_the_default_unet_in_execution_order():

@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.diffusion import NoiseSchedule, TinyUNet, UNetConfig, balanced_labels, sample
+from labkit.diffusion import TinyUNet, UNetConfig, balanced_labels, sample
 from labkit.diffusion.unet import Features
 
-SCHEDULE = NoiseSchedule(100)
-SMALL = UNetConfig(base_channels=8, groups=4, time_dim=16)
+from tests.diffusion._models import SCHEDULE, random_unet
 
 
 class Oracle(nn.Module):
@@ -34,13 +33,7 @@ class Oracle(nn.Module):
         return (feats.h - abar.sqrt() * self.x0) / (1 - abar).sqrt()
 
 
-def trained_looking(seed: int = 0) -> TinyUNet:
-    model = TinyUNet(SMALL, init_seed=0)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
+trained_looking = random_unet
 
 
 @pytest.mark.parametrize("steps,eta", [(1, 0.0), (7, 0.0), (100, 0.0), (10, 1.0)])
