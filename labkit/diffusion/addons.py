@@ -54,6 +54,7 @@ from torch.nn import functional as F
 from labkit.runtime import seed_everything
 from labkit.validation import check_int
 
+from .sampling import sample_labels
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import TinyUNet
 
@@ -384,15 +385,6 @@ def _ddim_loop(model: TinyUNet, schedule: NoiseSchedule, x: torch.Tensor, y: tor
     return x.clamp(-1.0, 1.0)
 
 
-def _request_labels(model: TinyUNet, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    if model.cfg.n_classes is None:
-        return None
-    y = torch.arange(n) % model.cfg.n_classes if labels is None else labels
-    if y.shape != (n,):
-        raise ValueError(f"labels must be (B,) = ({n},), got {tuple(y.shape)}")
-    return y
-
-
 @torch.no_grad()
 def serve_with_loras(model: TinyUNet, schedule: NoiseSchedule, loras: Sequence[LoRA], *, mode: str,
                      x_T: torch.Tensor, steps: int = 20, labels: torch.Tensor | None = None,
@@ -425,7 +417,7 @@ def serve_with_loras(model: TinyUNet, schedule: NoiseSchedule, loras: Sequence[L
     B = x_T.shape[0]
     if per_image and len(loras) != B:
         raise ValueError(f"per_image needs one LoRA per image: {len(loras)} LoRAs for {B} images")
-    y = _request_labels(model, labels, B)
+    y = sample_labels(model, labels, B)
     model.eval()
     patch = sample = unpatch = 0.0
     if mode == "merge":
@@ -502,7 +494,7 @@ def serve_bounded_async(model: TinyUNet, schedule: NoiseSchedule, paths: Sequenc
     if patch_at is not None:
         check_int("patch_at", patch_at, 0, steps)
     paths = [Path(p) for p in paths]
-    y = _request_labels(model, labels, x_T.shape[0])
+    y = sample_labels(model, labels, x_T.shape[0])
     model.eval()
     start = time.perf_counter()
     state: dict = {"merged": None, "at": steps, "wait": 0.0}

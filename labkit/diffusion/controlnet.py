@@ -27,7 +27,7 @@ from concurrent.futures import Executor
 import torch
 from torch import nn
 
-from .addons import _request_labels
+from .sampling import sample_labels
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import Features, TinyUNet
 
@@ -167,7 +167,7 @@ def sample_controlled(model: TinyUNet, schedule: NoiseSchedule, addon: ControlAd
     model.eval()
     addon.eval()
     B = x_T.shape[0]
-    y = _request_labels(model, labels, B)
+    y = sample_labels(model, labels, B)
     ts = ddim_timesteps(schedule.n_steps, steps)
     events: list[Event] = []
     x, clock = x_T, time.perf_counter()

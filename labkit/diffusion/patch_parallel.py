@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from labkit.validation import check_int
 
+from .sampling import sample_labels
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import ResBlock, TinyUNet
 
@@ -380,17 +381,6 @@ class _PatchOps(_Ops):
         return out
 
 
-def _labels(model: TinyUNet, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    if model.cfg.n_classes is None:
-        if labels is not None:
-            raise ValueError("labels given for an unconditional model (n_classes=None)")
-        return None
-    y = torch.arange(n) % model.cfg.n_classes if labels is None else labels
-    if y.shape != (n,):
-        raise ValueError(f"labels must be (B,) = ({n},), got {tuple(y.shape)}")
-    return y
-
-
 @torch.no_grad()
 def sample_canvas(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torch.Tensor, steps: int = 20,
                   labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -411,7 +401,7 @@ def sample_canvas(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torch.Tensor
     _check_canvas(model, x_T, 1)
     model.eval()
     ts = ddim_timesteps(schedule.n_steps, steps)
-    y = _labels(model, labels, x_T.shape[0])
+    y = sample_labels(model, labels, x_T.shape[0])
     x = x_T
     for i, t in enumerate(ts.tolist()):
         t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
@@ -453,7 +443,7 @@ def sample_patch_parallel(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torc
     _check_canvas(model, x_T, config.n_patches)
     model.eval()
     ts = ddim_timesteps(schedule.n_steps, steps)
-    y = _labels(model, labels, x_T.shape[0])
+    y = sample_labels(model, labels, x_T.shape[0])
     layers = conditioned_layers(model, config.conditioned)
     ops = _PatchOps(config, frozenset(layers), halo_layers(model)[0])
     xs = split_patches(x_T, config.n_patches)

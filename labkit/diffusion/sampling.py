@@ -27,7 +27,7 @@ from labkit.validation import check_int
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import TinyUNet
 
-__all__ = ["balanced_labels", "sample", "start_state"]
+__all__ = ["balanced_labels", "sample", "sample_labels", "start_state"]
 
 
 def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -41,6 +41,25 @@ def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str =
     check_int("n", n, 1)
     check_int("n_classes", n_classes, 1)
     return torch.arange(n, device=device) % n_classes
+
+
+def sample_labels(model: TinyUNet, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The class labels of ``n`` samples: ``labels`` checked, or :func:`balanced_labels` by default.
+
+    Returns ``None`` for an unconditional model (``n_classes=None``), which must get no labels.
+
+    Shapes:
+        labels and the result: (n,) int64.
+    """
+    cfg = model.cfg
+    if cfg.n_classes is None:
+        if labels is not None:
+            raise ValueError("labels given for an unconditional model (n_classes=None)")
+        return None
+    y = balanced_labels(n, cfg.n_classes) if labels is None else labels
+    if y.shape != (n,):
+        raise ValueError(f"labels must be (n,) = ({n},), got {tuple(y.shape)}")
+    return y
 
 
 def start_state(model: TinyUNet, n: int, *, x_T: torch.Tensor | None, labels: torch.Tensor | None,
@@ -59,16 +78,8 @@ def start_state(model: TinyUNet, n: int, *, x_T: torch.Tensor | None, labels: to
         x_T = torch.randn(shape, generator=generator)
     elif tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must be (n, C, H, W) = {shape}, got {tuple(x_T.shape)}")
-    if cfg.n_classes is not None:
-        y = balanced_labels(n, cfg.n_classes) if labels is None else labels
-        if y.shape != (n,):
-            raise ValueError(f"labels must be (n,) = ({n},), got {tuple(y.shape)}")
-        y = y.to(device)
-    elif labels is not None:
-        raise ValueError("labels given for an unconditional model (n_classes=None)")
-    else:
-        y = None
-    return x_T.to(device), y
+    y = sample_labels(model, labels, n)
+    return x_T.to(device), (None if y is None else y.to(device))
 
 
 @torch.no_grad()
