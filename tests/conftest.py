@@ -102,6 +102,18 @@ def browser_assets() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module whose models are tiny: a second thread only adds
+    synchronisation, and stalls on a machine whose cores are busy. The setting is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     """Where kernel parity tests run: natively on a GPU when there is one, else on CPU."""

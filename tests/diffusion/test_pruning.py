@@ -5,23 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit.diffusion import NoiseSchedule, TinyUNet, UNetConfig
+from labkit.diffusion import TinyUNet, UNetConfig
 from labkit.diffusion.pruning import (CalibrationSet, DistillConfig, block_macs, calibration_set, choose_removal,
                                       distill_pruned, feature_gaps, forward_macs, output_losses, prunable_blocks,
                                       pruned_copy, random_removal, sample_inheriting, single_effects, skipped,
                                       stage_blocks)
 
+from tests.diffusion._models import SCHEDULE, randomise
+
 DEEP = UNetConfig(base_channels=8, groups=4, time_dim=16, n_res=2)
-SCHEDULE = NoiseSchedule(n_steps=100)
 
 
-def randomised(model: TinyUNet, seed: int = 0) -> TinyUNet:
-    """Every parameter redrawn: the zero-initialised last convolutions would make every block the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
+# every parameter redrawn: the zero-initialised last convolutions would make every block the identity
+randomised = randomise
 
 
 @pytest.fixture(scope="module")

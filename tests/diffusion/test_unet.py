@@ -7,16 +7,11 @@ import torch
 
 from labkit.diffusion import Features, TinyUNet, UNetConfig
 
-SMALL = UNetConfig(base_channels=8, groups=4, time_dim=16)
+from tests.diffusion._models import SMALL, randomise
 
 
-def randomised(model: TinyUNet, seed: int = 0) -> TinyUNet:
-    """The model with every parameter redrawn (the zero-initialised output layers would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
+# every parameter redrawn: the zero-initialised output layers would hide differences
+randomised = randomise
 
 
 def inputs(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

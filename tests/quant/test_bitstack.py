@@ -15,13 +15,7 @@ SMALL = dict(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8)
 NAMES = [f"blocks.{i}.{s}" for i in range(2) for s in ("attn.qkv", "attn.proj", "ffn.up", "ffn.down")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than several, above all on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def test_pack_signs_by_hand():

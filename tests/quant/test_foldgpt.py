@@ -13,13 +13,7 @@ from labkit.quant.foldgpt import (FoldedGPT, FoldPlan, choose_owners, cure, drop
 SMALL = dict(n_layer=4, n_head=2, d_model=16, d_ff=32, block_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than several, above all on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def _corpus() -> TextCorpus:

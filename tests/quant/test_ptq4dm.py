@@ -14,13 +14,7 @@ from labkit.quant.ptq4dm import (STRATEGIES, CalibrationSet, calibrate, calibrat
 SCHED = NoiseSchedule(n_steps=50)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation (and stalls on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def tiny_unet() -> TinyUNet:
