@@ -65,7 +65,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..backend import triton_interpreting
-from .ringmm import check_ring_operands, ring_matmul_reference
+from .ringmm import check_ring_operands
 
 __all__ = ["DIGIT_SPLIT_CONFIG", "MAX_CHUNK", "RING_MM_CONFIG", "digit_planes", "ring_matmul_triton"]
 
@@ -175,16 +175,16 @@ def ring_matmul_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Bit for bit equal to the CPU's int64 matmul for every K (see the module docstring). ``a`` and
     ``b`` may be strided views; the result is a new contiguous tensor. Launch parameters come
-    from :data:`RING_MM_CONFIG`. CPU tensors (without ``TRITON_INTERPRET=1``) have no compiled
-    kernel and take the CPU's own int64 GEMM, which is exact and native: so the ``auto``
-    backend of a GPU machine serves shares held on either device.
+    from :data:`RING_MM_CONFIG`. CPU tensors need ``TRITON_INTERPRET=1``; under the ``auto``
+    backend a call with CPU shares never comes here (:class:`labkit.backend.Op` sends it to the
+    CPU's own int64 GEMM, which is exact and native).
 
     Shapes:
         a (..., M, K) int64, b (K, N) int64 -> (..., M, N) int64.
     """
     check_ring_operands(a, b)
     if not (a.is_cuda or triton_interpreting()):
-        return ring_matmul_reference(a, b)
+        raise ValueError("ring_matmul: tensors must be on CUDA (or set TRITON_INTERPRET=1 for CPU)")
     cfg = RING_MM_CONFIG
     block_m, block_n, block_k, chunk = cfg["block_m"], cfg["block_n"], cfg["block_k"], cfg["chunk"]
     if chunk % block_k or not block_k <= chunk <= MAX_CHUNK:

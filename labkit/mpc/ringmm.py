@@ -178,5 +178,5 @@ def ring_matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 #: ``ring_matmul(a, b, backend=None)``: the product of ring elements mod 2^64. The Triton path,
 #: :func:`labkit.mpc._kernels.ring_matmul_triton`, runs its kernel on CUDA tensors (or in the
-#: interpreter) and hands CPU tensors to the CPU's int64 GEMM, so ``auto`` suits shares anywhere.
+#: interpreter); under ``auto``, shares held on the CPU take the reference, so it suits shares anywhere.
 ring_matmul = Op("ring_matmul", reference=ring_matmul_reference, triton="labkit.mpc._kernels:ring_matmul_triton")

@@ -146,10 +146,14 @@ def test_triton_rejects_bad_inputs(triton_kernels, device: str, monkeypatch: pyt
 
 
 def test_cpu_tensors_take_the_cpu_product(triton_kernels, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the interpreter (read per call) there is no kernel for CPU tensors: the CPU's int64
-    GEMM answers, so the ``auto`` backend of a GPU machine also serves shares kept on the CPU."""
+    """Without the interpreter (read per call) there is no kernel for CPU tensors: asked directly,
+    the kernel refuses them; under ``auto`` on a GPU machine the dispatcher gives CPU shares to the
+    CPU's int64 GEMM and never launches a kernel."""
     kernels = triton_kernels(KERNELS)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setitem(kernels.RING_MM_CONFIG, "block_k", 7)  # would fail if a kernel were launched
     a, b = ring(2, 3, 40, seed=20), ring(40, 5, seed=21)
-    assert torch.equal(kernels.ring_matmul_triton(a, b), a @ b)
+    with pytest.raises(ValueError, match="must be on CUDA"):
+        kernels.ring_matmul_triton(a, b)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch.equal(ring_matmul(a, b), a @ b)
