@@ -133,7 +133,7 @@ def _ring_mm_kernel(
             for k0 in range(c0, tl.minimum(c0 + CHUNK, n_terms), BLOCK_K):
                 a = a_desc.load([off_m, k0])  # (BLOCK_M, BLOCK_K) int8, zeros past the edges
                 b = b_desc.load([off_n, b_start + k0])  # (BLOCK_N, BLOCK_K) int8
-                part = tl.dot(a, b.T, part)  # int8 x int8 -> int32 on tensor cores
+                part = tl.dot(a, b.T, part, out_dtype=tl.int32)  # int8 x int8 -> int32 on tensor cores
             acc += part.to(tl.int64) << (8 * s)  # widen, shift; bits past 63 fall off (mod 2^64)
 
     rows = off_m + tl.arange(0, BLOCK_M)

@@ -193,7 +193,7 @@ def _w8a8_kernel(
             mask_k = ks < K - k0
             a = tl.load(x_ptrs, mask=mask_k[None, :], other=0)
             b = tl.load(w_ptrs, mask=mask_k[:, None], other=0)
-        acc = tl.dot(a, b, acc)  # int8 x int8 -> int32, exact
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # int8 x int8 -> int32, exact
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
@@ -293,12 +293,12 @@ def _w4a4_kernel(
             x_lo, x_hi = _signed_nibbles(tl.load(x_ptrs))
             w_lo, w_hi = _signed_nibbles(tl.load(w_ptrs))
             if SPLIT:  # sum_k x_k w_k = lo(x).lo(w) + hi(x).hi(w): both sides packed alike
-                part = tl.dot(x_lo, w_lo, part)
-                part = tl.dot(x_hi, w_hi, part)
+                part = tl.dot(x_lo, w_lo, part, out_dtype=tl.int32)
+                part = tl.dot(x_hi, w_hi, part, out_dtype=tl.int32)
             else:  # halves narrower than an int8 dot allows: put the nibbles back in k order
                 xv = tl.reshape(tl.join(x_lo, x_hi), (BLOCK_M, 2 * STEP_BYTES))
                 wv = tl.trans(tl.reshape(tl.join(w_lo, w_hi), (BLOCK_N, 2 * STEP_BYTES)))
-                part = tl.dot(xv, wv, part)
+                part = tl.dot(xv, wv, part, out_dtype=tl.int32)
             x_ptrs += STEP_BYTES * stride_xk
             w_ptrs += STEP_BYTES * stride_wk
         # SVDQuant eq. 6, 4-bit term: the group's integer sum times its token and channel scales
