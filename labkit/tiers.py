@@ -83,9 +83,15 @@ def tier_config(
         device: override the device choice (else :func:`pick_device`).
 
     Raises:
+        TypeError: ``tier`` is not a string, or one tier's sizes are not a mapping (``gpu`` may be None).
         ValueError: unknown tier, or the tiers disagree on which sizes exist.
     """
     tier = validate_tier(tier)
+    for name, sizes in (("ci", ci), ("default", default), ("gpu", gpu)):
+        if not isinstance(sizes, Mapping) and not (name == "gpu" and sizes is None):
+            fallback = " or None (then the default tier's)" if name == "gpu" else ""
+            raise TypeError(f"tier_config: {name} must be a mapping of size names to values (the {name!r} tier's "
+                            f"sizes){fallback}, got {type(sizes).__name__}")
     table = {"ci": dict(ci), "default": dict(default), "gpu": dict(default if gpu is None else gpu)}
     names = set(table["default"])
     for other in ("ci", "gpu"):

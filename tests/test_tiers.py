@@ -60,3 +60,10 @@ def test_gpu_tier_needs_a_gpu() -> None:
         return
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         pick_device("gpu")
+
+
+@pytest.mark.parametrize("which, bad", [("ci", None), ("default", None), ("gpu", [("n", 1)]), ("ci", 5)])
+def test_each_tiers_sizes_must_be_a_mapping(which: str, bad: object) -> None:
+    sizes = {**SIZES, which: bad}
+    with pytest.raises(TypeError, match=rf"tier_config: {which} must be a mapping .* got {type(bad).__name__}"):
+        tier_config("ci", **sizes)
