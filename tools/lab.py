@@ -66,11 +66,56 @@ def ensure_venv() -> None:
     STAMP.write_text(fingerprint)
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium: the browser the browser tests drive
+
+
+def chromium_by_hand() -> str:
+    """The shell command that installs Debian's chromium, for a person to run."""
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    return f"{sudo}apt-get update && {sudo}DEBIAN_FRONTEND=noninteractive apt-get install -y chromium"
+
+
+def chromium_install_commands() -> list[list[str]]:
+    """The apt-get commands that install Debian's chromium here: as root, else through sudo -n.
+
+    Exits with the command to run by hand when there is no apt-get, or when this user is not root
+    and sudo is missing or asks for a password.
+    """
+    if shutil.which("apt-get") is None:
+        sys.exit(f"[lab] {CHROMIUM} is missing and this machine has no apt-get: install Debian's "
+                 "chromium package, then run this command again")
+    if os.geteuid() == 0:
+        prefix: list[str] = []
+    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], stdin=subprocess.DEVNULL,
+                                                 capture_output=True, timeout=60).returncode == 0:
+        prefix = ["sudo", "-n"]
+    else:
+        sys.exit(f"[lab] {CHROMIUM} is missing and installing it needs root (this user is not root "
+                 f"and has no passwordless sudo). Run\n    {chromium_by_hand()}\nthen run this command again.")
+    return [[*prefix, "apt-get", "update"],
+            [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "chromium"]]
+
+
+def ensure_chromium() -> None:
+    """Install Debian's chromium when it is missing (the browser tests never download a browser)."""
+    if CHROMIUM.exists():
+        return
+    commands = chromium_install_commands()
+    log(f"{CHROMIUM} is missing: installing Debian's chromium package")
+    for cmd in commands:
+        try:
+            run(cmd)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            sys.exit(f"[lab] installing chromium failed at `{' '.join(cmd)}` ({exc}). Run\n    "
+                     f"{chromium_by_hand()}\nthen run this command again.")
+    if not CHROMIUM.exists():
+        sys.exit(f"[lab] apt-get installed chromium but {CHROMIUM} is still missing: install Debian's "
+                 "chromium package (the browser tests drive that binary), then run this command again")
+    log(f"chromium installed: {CHROMIUM}")
+
+
 def ensure_browser_assets() -> None:
     """Offline copies of require.js, the widget manager and plotly.js for the browser test."""
-    if not shutil.which("/usr/bin/chromium") and not shutil.which("chromium"):
-        log("warning: chromium is not installed; the browser test will fail "
-            "(Debian/Ubuntu: apt-get install -y chromium; .ci/run does this)")
     run([VPY, ROOT / "tools" / "browser_assets.py", ASSETS])
 
 
@@ -151,6 +196,7 @@ def invalidate_stale(notebooks: list[Path]) -> None:
 
 
 def cmd_book(args: list[str]) -> int:
+    ensure_chromium()  # before the build: check_pages needs it afterwards
     notebooks = toc_notebooks()
     invalidate_stale(notebooks)
     cmd = [VENV / "bin" / "jupyter-book", "build", ROOT, "-W", "--keep-going", *args]
@@ -166,10 +212,7 @@ def cmd_book(args: list[str]) -> int:
 
 
 def check_pages() -> int:
-    """Open the built chapter pages in chromium (the browser test), when chromium is installed."""
-    if not Path("/usr/bin/chromium").exists():
-        log("chromium is not installed: skipping the check of the pages in a browser")
-        return 0
+    """Open the built chapter pages in chromium (the browser test)."""
     ensure_browser_assets()
     env = book_env("default")
     env.update(LABBOOK_ASSETS=str(ASSETS), LABBOOK_HTML=str(ROOT / "_build" / "html"))
@@ -179,6 +222,7 @@ def check_pages() -> int:
 
 
 def cmd_test(args: list[str]) -> int:
+    ensure_chromium()
     ensure_browser_assets()
     env = book_env("ci")
     env["LABBOOK_ASSETS"] = str(ASSETS)
