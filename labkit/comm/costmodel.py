@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..validation import check_real
+
 __all__ = ["AlphaBeta", "BUS_FACTORS", "bus_bandwidth", "collective_time", "fit_alpha_beta"]
 
 #: busbw / algbw per collective, for n ranks.
@@ -38,19 +40,23 @@ BUS_FACTORS = {
 
 @dataclass(frozen=True)
 class AlphaBeta:
-    """A link: ``alpha`` seconds per message, ``beta`` seconds per byte (1 / bandwidth)."""
+    """A link: ``alpha`` seconds per message, ``beta`` seconds per byte (1 / bandwidth).
+
+    Both are finite real numbers >= 0 (Python or NumPy ints and floats, not bool).
+    """
 
     alpha: float
     beta: float
 
     def __post_init__(self) -> None:
+        check_real("alpha", self.alpha)
+        check_real("beta", self.beta)
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
 
     def message(self, nbytes: float) -> float:
         """Time of one point-to-point message of ``nbytes``."""
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        check_real("nbytes", nbytes, 0.0)
         return self.alpha + nbytes * self.beta
 
     @property
@@ -73,10 +79,15 @@ def collective_time(kind: str, nbytes: float, world_size: int, link: AlphaBeta) 
         nbytes: S, bytes of each rank's tensor.
         world_size: n >= 2.
         link: the alpha-beta parameters of every link.
+
+    Raises:
+        TypeError: ``nbytes`` is not a real number or ``link`` not an :class:`AlphaBeta`.
+        ValueError: ``nbytes`` negative, NaN or infinite; ``world_size`` below 2; unknown ``kind``.
     """
     n = _check_world(world_size)
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    check_real("nbytes", nbytes, 0.0)
+    if not isinstance(link, AlphaBeta):
+        raise TypeError(f"link must be an AlphaBeta, got {type(link).__name__}")
     a, b = link.alpha, link.beta
     if kind == "ring_all_reduce":
         return 2 * (n - 1) * a + 2 * (n - 1) / n * nbytes * b
@@ -88,12 +99,15 @@ def collective_time(kind: str, nbytes: float, world_size: int, link: AlphaBeta) 
 
 
 def bus_bandwidth(collective: str, nbytes: float, seconds: float, world_size: int) -> float:
-    """Bus bandwidth in bytes/s of a measured collective (nccl-tests' convention)."""
+    """Bus bandwidth in bytes/s of a measured collective (nccl-tests' convention).
+
+    ``nbytes`` (finite, >= 0) and ``seconds`` (finite, > 0) are real numbers, not bool.
+    """
     n = _check_world(world_size)
     if collective not in BUS_FACTORS:
         raise ValueError(f"collective must be one of {sorted(BUS_FACTORS)}, got {collective!r}")
-    if seconds <= 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
+    check_real("nbytes", nbytes, 0.0)
+    check_real("seconds", seconds, 0.0, strict=True)
     return nbytes / seconds * BUS_FACTORS[collective](n)
 
 
@@ -102,10 +116,14 @@ def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float], *, kind: s
     """Least-squares alpha and beta from measured times of one collective at several sizes.
 
     The model is linear in (alpha, beta): ``t = c_a alpha + c_b S beta`` with the coefficients
-    of :func:`collective_time`; negative estimates are clipped to 0.
+    of :func:`collective_time`; negative estimates are clipped to 0. Every size and time must be
+    a finite real number >= 0: one NaN would turn both estimates into NaN.
     """
     if len(nbytes) != len(seconds) or len(nbytes) < 2:
         raise ValueError("need at least two (nbytes, seconds) pairs of equal length")
+    for i, (size, t) in enumerate(zip(nbytes, seconds)):
+        check_real(f"nbytes[{i}]", size, 0.0)
+        check_real(f"seconds[{i}]", t, 0.0)
     unit = collective_time(kind, 0.0, world_size, AlphaBeta(1.0, 0.0))   # c_a
     per_byte = collective_time(kind, 1.0, world_size, AlphaBeta(0.0, 1.0))  # c_b
     xs = [(unit, per_byte * s) for s in nbytes]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from labkit.comm.costmodel import AlphaBeta, bus_bandwidth, collective_time, fit_alpha_beta
@@ -54,3 +55,39 @@ def test_fit_recovers_alpha_and_beta() -> None:
 def test_bad_inputs(call, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         call()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("call, err, msg", [
+    (lambda: AlphaBeta(NAN, 1e-9), ValueError, "alpha must be a finite number, got nan"),
+    (lambda: AlphaBeta(1e-5, INF), ValueError, "beta must be a finite number, got inf"),
+    (lambda: AlphaBeta("1e-5", 1e-9), TypeError, "alpha must be a real number, got str"),
+    (lambda: AlphaBeta(True, 1e-9), TypeError, "alpha must be a real number, got bool"),
+    (lambda: LINK.message(NAN), ValueError, "nbytes must be a finite number"),
+    (lambda: collective_time("ring_all_reduce", NAN, 4, LINK), ValueError, "nbytes must be a finite number"),
+    (lambda: collective_time("ring_all_reduce", INF, 4, LINK), ValueError, "nbytes must be a finite number"),
+    (lambda: collective_time("ring_all_reduce", "1000", 4, LINK), TypeError, "nbytes must be a real number, got str"),
+    (lambda: collective_time("ring_all_reduce", True, 4, LINK), TypeError, "nbytes must be a real number, got bool"),
+    (lambda: collective_time("ring_all_reduce", 1e3, 4, (1e-5, 1e-9)), TypeError, "link must be an AlphaBeta"),
+    (lambda: bus_bandwidth("all_reduce", 1e6, NAN, 4), ValueError, "seconds must be a finite number"),
+    (lambda: bus_bandwidth("all_reduce", NAN, 1.0, 4), ValueError, "nbytes must be a finite number"),
+    (lambda: bus_bandwidth("all_reduce", -1.0, 1.0, 4), ValueError, "nbytes must be >= 0"),
+    (lambda: bus_bandwidth("all_reduce", "1e6", 1.0, 4), TypeError, "nbytes must be a real number"),
+    (lambda: fit_alpha_beta([1e3, 1e6, 1e9], [1e-4, NAN, 1e-1]), ValueError, r"seconds\[1\] must be a finite"),
+    (lambda: fit_alpha_beta([1e3, INF], [1e-4, 1e-1]), ValueError, r"nbytes\[1\] must be a finite"),
+    (lambda: fit_alpha_beta([1e3, 1e6], [1e-4, -1e-1]), ValueError, r"seconds\[1\] must be >= 0"),
+    (lambda: fit_alpha_beta(["1e3", 1e6], [1e-4, 1e-1]), TypeError, r"nbytes\[0\] must be a real number"),
+])
+def test_non_finite_and_non_numeric_inputs_are_rejected(call, err, msg: str) -> None:
+    with pytest.raises(err, match=msg):
+        call()
+
+
+def test_numpy_scalars_and_ints_are_numbers() -> None:
+    link = AlphaBeta(np.float64(1e-5), np.float32(1e-9))
+    expected = collective_time("ring_all_reduce", 4e6, 4, AlphaBeta(1e-5, float(np.float32(1e-9))))
+    assert collective_time("ring_all_reduce", np.int64(4_000_000), 4, link) == expected
+    assert bus_bandwidth("all_reduce", np.float64(8e6), np.float64(1e-2), 8) == pytest.approx(8e8 * 2 * 7 / 8)
+    assert collective_time("all_gather", 1000, 2, AlphaBeta(0, 0)) == 0.0
