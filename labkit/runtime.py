@@ -1,7 +1,11 @@
 """Seeding and timing, the same way in every chapter.
 
 Timing follows the usual rules of benchmarking: warm up first, repeat, report the median; on a
-GPU use CUDA events around the work (host timers only see the launch). Taught in chapter 00.
+GPU use CUDA events around the work (host timers only see the launch). :func:`time_fn` times one
+callable; :func:`interleaved_times` times several round-robin, so a load change on a shared
+machine hits all of them alike, and :func:`paired_speedup` compares two of them round by round.
+
+Section: chapter 00, "How this book runs"; chapter 09, "Where sampling time goes".
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Timing", "cuda_median_seconds", "progress_disabled", "seed_everything", "time_fn"]
+from .validation import check_int
+
+__all__ = ["Timing", "clock_reader", "cuda_median_seconds", "device_syncer", "interleaved_times", "paired_speedup",
+           "progress_disabled", "seed_everything", "time_fn"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -100,6 +107,104 @@ def time_fn(
             times.append(time.perf_counter() - t0)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Timing(times=tuple(times), device=name)
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1,
+                      device: torch.device | str = "cpu", clock: str = "wall") -> dict[str, Timing]:
+    """Time several callables round-robin: round r runs each once, in turn.
+
+    On a shared machine the load drifts; interleaving spreads the drift over every candidate
+    instead of favouring whichever ran in a quiet moment. Medians (``Timing.median``) then
+    compare candidates fairly.
+
+    ``clock="cpu"`` reads the calling thread's CPU time (``time.thread_time``) instead of the
+    wall clock. With one intra-op thread (``torch.set_num_threads(1)``) PyTorch runs every CPU
+    operator on the calling thread, so this is the work the candidate did, without the time it
+    spent waiting while other processes had the cores: on a busy machine it is far steadier
+    than the wall clock, and on an idle one the two agree. Caches still suffer from the
+    neighbours, so it is not noise-free. Only meaningful for CPU work with one thread.
+
+    Args:
+        fns: name -> zero-argument callable.
+        repeats: timed rounds (>= 1).
+        warmup: untimed rounds first (>= 0).
+        device: where the callables work; on a CUDA device each call is followed by a
+            synchronisation, so the host clock sees the kernels finish.
+        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.thread_time``; CPU only).
+
+    Returns:
+        name -> :class:`labkit.Timing` (host wall clock).
+    """
+    if not isinstance(fns, Mapping) or not fns:
+        raise ValueError("fns must be a non-empty mapping name -> callable")
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"fns[{name!r}] must be callable, got {type(fn).__name__}")
+    check_int("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
+    now = clock_reader(clock, torch.device(device))
+    sync = device_syncer(torch.device(device))
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = now()
+            fn()
+            sync()
+            times[name].append(now() - t0)
+    where = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else f"cpu ({clock} clock)"
+    return {name: Timing(times=tuple(v), device=where) for name, v in times.items()}
+
+
+_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def clock_reader(clock: str, device: torch.device | str = "cpu") -> Callable[[], float]:
+    """The timer behind ``clock``: ``"wall"`` is ``time.perf_counter``, ``"cpu"`` the calling
+    thread's CPU time ``time.thread_time`` (CPU work only).
+
+    Raises:
+        ValueError: an unknown clock, or ``"cpu"`` for a non-CPU ``device``.
+    """
+    device = torch.device(device)
+    if clock not in _CLOCKS:
+        raise ValueError(f"clock must be one of {tuple(_CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"clock='cpu' measures host CPU time; use clock='wall' for device {device}")
+    return _CLOCKS[clock]
+
+
+def device_syncer(device: torch.device | str = "cpu") -> Callable[[], None]:
+    """A call that waits for ``device``'s queued work: ``torch.cuda.synchronize`` on a CUDA device,
+    nothing on the CPU (its operators return when done)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def paired_speedup(base: Timing, other: Timing) -> float:
+    """Median over rounds of ``base / other`` for two :func:`interleaved_times` results.
+
+    Round r of both ran back to back, under the same load, so their ratio cancels most of a
+    shared machine's drift; the median then discards the rounds a burst of load split unevenly.
+
+    Args:
+        base: the reference (e.g. plain DDIM).
+        other: the candidate; the result is > 1 when it is faster.
+
+    Raises:
+        ValueError: different numbers of rounds.
+    """
+    for name, t in (("base", base), ("other", other)):
+        if not isinstance(t, Timing):
+            raise TypeError(f"{name} must be a labkit.Timing, got {type(t).__name__}")
+    if len(base.times) != len(other.times):
+        raise ValueError(f"base and other must have the same rounds, got {len(base.times)} and {len(other.times)}")
+    return statistics.median(b / o for b, o in zip(base.times, other.times))
 
 
 def progress_disabled(tier: str) -> bool:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.runtime import Timing, seed_everything, time_fn
+from labkit.runtime import (Timing, clock_reader, device_syncer, interleaved_times, paired_speedup, seed_everything,
+                            time_fn)
 
 
 def test_seed_makes_runs_repeatable() -> None:
@@ -59,3 +60,50 @@ def test_progress_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert progress_disabled("default")
     with pytest.raises(ValueError, match="tier"):
         progress_disabled("fast")
+
+
+def test_interleaved_times_runs_round_robin():
+    calls: list[str] = []
+    out = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert set(out) == {"a", "b"} and all(len(t.times) == 3 for t in out.values())
+    with pytest.raises(ValueError):
+        interleaved_times({}, repeats=1)
+    with pytest.raises(TypeError):
+        interleaved_times({"a": 3}, repeats=1)
+    with pytest.raises(ValueError):
+        interleaved_times({"a": lambda: None}, repeats=0)
+    with pytest.raises(ValueError):
+        interleaved_times({"a": lambda: None}, repeats=1, clock="sundial")
+    with pytest.raises(ValueError):
+        interleaved_times({"a": lambda: None}, repeats=1, clock="cpu", device="cuda")
+
+
+def test_cpu_clock_ignores_sleeping():
+    import time
+
+    out = interleaved_times({"sleep": lambda: time.sleep(0.02), "work": lambda: sum(range(200_000))}, repeats=2,
+                            warmup=0, clock="cpu")
+    wall = interleaved_times({"sleep": lambda: time.sleep(0.02)}, repeats=2, warmup=0)
+    assert out["sleep"].median < 0.005 < 0.015 < wall["sleep"].median  # asleep, the thread uses no CPU
+    assert out["work"].median > 0
+
+
+def test_paired_speedup_by_hand():
+    base, other = Timing((1.0, 2.0, 3.0), "cpu"), Timing((0.5, 1.0, 3.0), "cpu")
+    assert paired_speedup(base, other) == pytest.approx(2.0)  # ratios 2, 2, 1
+    with pytest.raises(ValueError):
+        paired_speedup(base, Timing((1.0,), "cpu"))
+    with pytest.raises(TypeError):
+        paired_speedup(base, [1.0, 2.0, 3.0])
+
+
+def test_clock_reader_and_device_syncer() -> None:
+    import time
+
+    assert clock_reader("wall") is time.perf_counter and clock_reader("cpu", "cpu") is time.thread_time
+    assert device_syncer("cpu")() is None  # nothing to wait for on the CPU
+    with pytest.raises(ValueError, match="clock"):
+        clock_reader("sundial")
+    with pytest.raises(ValueError, match="clock='cpu'"):
+        clock_reader("cpu", "cuda")

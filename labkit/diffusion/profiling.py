@@ -22,8 +22,9 @@ skip part of the call. Three measurements guide the choice:
 
 :func:`time_split` times one encoder call, one embedding, one decoder call and one DDIM update
 at a given batch, the numbers an Amdahl-style bound on encoder reuse needs.
-:func:`interleaved_times` times several samplers round-robin, so that a load change on a shared
-machine hits all of them alike, and :func:`paired_speedup` compares two of them round by round.
+The samplers themselves are timed with :func:`labkit.runtime.interleaved_times`, which runs them
+round-robin so that a load change on a shared machine hits all of them alike, and compared with
+:func:`labkit.runtime.paired_speedup`, round by round.
 Every timer takes ``clock="wall"`` or ``clock="cpu"``: the second reads the calling thread's CPU
 time, which (with one PyTorch thread) excludes the time other processes held the core; on the
 shared 2-core machines this book is built on, it turns speedups that scatter by tens of percent
@@ -43,7 +44,6 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,15 +51,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.runtime import Timing
+from labkit.runtime import clock_reader, device_syncer, interleaved_times, paired_speedup
 from labkit.validation import check_int
 
 from .sampling import balanced_labels, sample
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import TinyUNet
 
-__all__ = ["BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit", "feature_change", "interleaved_times",
-           "op_breakdown", "op_kind", "paired_speedup", "part_params", "profile_blocks", "time_split", "unet_blocks"]
+__all__ = ["BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit", "feature_change", "op_breakdown", "op_kind",
+           "part_params", "profile_blocks", "time_split", "unet_blocks"]
 
 PARTS = ("embed", "encoder", "decoder")
 
@@ -176,7 +176,8 @@ def profile_blocks(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, st
         n: B, images sampled at once.
         steps: S, DDIM steps.
         generator: CPU generator for the starting noise.
-        clock: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time), as for :func:`interleaved_times`.
+        clock: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time), as for
+            :func:`labkit.runtime.interleaved_times`.
 
     Returns:
         :class:`BlockProfile` with an (S, K) table of seconds.
@@ -186,8 +187,8 @@ def profile_blocks(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, st
     _check_run(model, n, steps, schedule)
     blocks = unet_blocks(model)
     device = next(model.parameters()).device
-    now = _clock(clock, device)
-    sync = _syncer(device)  # on a GPU, wait for each block's kernels
+    now = clock_reader(clock, device)
+    sync = device_syncer(device)  # on a GPU, wait for each block's kernels
     last = [0.0]
     spent: list[list[float]] = [[] for _ in blocks]
     handles = []
@@ -426,7 +427,7 @@ def time_split(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, repeat
         n: B.
         repeats: rounds; each round times the four pieces once, in turn.
         t: the step the network is called at (default T / 2; the cost does not depend on it).
-        clock: ``"wall"`` or ``"cpu"``, as for :func:`interleaved_times`.
+        clock: ``"wall"`` or ``"cpu"``, as for :func:`labkit.runtime.interleaved_times`.
 
     Returns:
         :class:`TimeSplit`.
@@ -456,96 +457,3 @@ def time_split(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, repeat
     shares = [max(e - m, 0.0) / (e + d + u) for e, m, d, u in
               zip(tm["encode"].times, tm["embed"].times, tm["decode"].times, tm["update"].times)]
     return TimeSplit(**{k: v.median for k, v in tm.items()}, skippable_share=statistics.median(shares))
-
-
-def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1,
-                      device: torch.device | str = "cpu", clock: str = "wall") -> dict[str, Timing]:
-    """Time several callables round-robin: round r runs each once, in turn.
-
-    On a shared machine the load drifts; interleaving spreads the drift over every candidate
-    instead of favouring whichever ran in a quiet moment. Medians (``Timing.median``) then
-    compare candidates fairly.
-
-    ``clock="cpu"`` reads the calling thread's CPU time (``time.thread_time``) instead of the
-    wall clock. With one intra-op thread (``torch.set_num_threads(1)``) PyTorch runs every CPU
-    operator on the calling thread, so this is the work the candidate did, without the time it
-    spent waiting while other processes had the cores: on a busy machine it is far steadier
-    than the wall clock, and on an idle one the two agree. Caches still suffer from the
-    neighbours, so it is not noise-free. Only meaningful for CPU work with one thread.
-
-    Args:
-        fns: name -> zero-argument callable.
-        repeats: timed rounds (>= 1).
-        warmup: untimed rounds first (>= 0).
-        device: where the callables work; on a CUDA device each call is followed by a
-            synchronisation, so the host clock sees the kernels finish.
-        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.thread_time``; CPU only).
-
-    Returns:
-        name -> :class:`labkit.Timing` (host wall clock).
-
-    Section: chapter 09, "Where sampling time goes".
-    """
-    if not isinstance(fns, Mapping) or not fns:
-        raise ValueError("fns must be a non-empty mapping name -> callable")
-    for name, fn in fns.items():
-        if not callable(fn):
-            raise TypeError(f"fns[{name!r}] must be callable, got {type(fn).__name__}")
-    check_int("repeats", repeats, 1)
-    check_int("warmup", warmup, 0)
-    now = _clock(clock, torch.device(device))
-    sync = _syncer(torch.device(device))
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-            sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = now()
-            fn()
-            sync()
-            times[name].append(now() - t0)
-    where = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else f"cpu ({clock} clock)"
-    return {name: Timing(times=tuple(v), device=where) for name, v in times.items()}
-
-
-_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def _clock(clock: str, device: torch.device) -> Callable[[], float]:
-    if clock not in _CLOCKS:
-        raise ValueError(f"clock must be one of {tuple(_CLOCKS)}, got {clock!r}")
-    if clock == "cpu" and device.type != "cpu":
-        raise ValueError(f"clock='cpu' measures host CPU time; use clock='wall' for device {device}")
-    return _CLOCKS[clock]
-
-
-def _syncer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-
-def paired_speedup(base: Timing, other: Timing) -> float:
-    """Median over rounds of ``base / other`` for two :func:`interleaved_times` results.
-
-    Round r of both ran back to back, under the same load, so their ratio cancels most of a
-    shared machine's drift; the median then discards the rounds a burst of load split unevenly.
-
-    Args:
-        base: the reference (e.g. plain DDIM).
-        other: the candidate; the result is > 1 when it is faster.
-
-    Raises:
-        ValueError: different numbers of rounds.
-
-    Section: chapter 09, "Where sampling time goes".
-    """
-    for name, t in (("base", base), ("other", other)):
-        if not isinstance(t, Timing):
-            raise TypeError(f"{name} must be a labkit.Timing, got {type(t).__name__}")
-    if len(base.times) != len(other.times):
-        raise ValueError(f"base and other must have the same rounds, got {len(base.times)} and {len(other.times)}")
-    return statistics.median(b / o for b, o in zip(base.times, other.times))

@@ -1,14 +1,13 @@
-"""Profiling the sampler: block list, per-block times, op kinds, feature drift, time split and interleaved timing."""
+"""Profiling the sampler: block list, per-block times, op kinds, feature drift, and the time split."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from labkit import Timing
 from labkit.diffusion import TinyUNet, UNetConfig, sample
-from labkit.diffusion.profiling import (feature_change, interleaved_times, op_breakdown, op_kind, paired_speedup,
-                                        part_params, profile_blocks, time_split, unet_blocks)
+from labkit.diffusion.profiling import (feature_change, op_breakdown, op_kind, part_params, profile_blocks, time_split,
+                                        unet_blocks)
 
 from tests.diffusion._models import SCHEDULE, random_unet
 
@@ -108,39 +107,3 @@ def test_time_split_and_its_share():
         time_split(randomised(), SCHEDULE, n=4, repeats=0)
     with pytest.raises(ValueError):
         time_split(randomised(), SCHEDULE, n=4, t=0)
-
-
-def test_interleaved_times_runs_round_robin():
-    calls: list[str] = []
-    out = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert set(out) == {"a", "b"} and all(len(t.times) == 3 for t in out.values())
-    with pytest.raises(ValueError):
-        interleaved_times({}, repeats=1)
-    with pytest.raises(TypeError):
-        interleaved_times({"a": 3}, repeats=1)
-    with pytest.raises(ValueError):
-        interleaved_times({"a": lambda: None}, repeats=0)
-    with pytest.raises(ValueError):
-        interleaved_times({"a": lambda: None}, repeats=1, clock="sundial")
-    with pytest.raises(ValueError):
-        interleaved_times({"a": lambda: None}, repeats=1, clock="cpu", device="cuda")
-
-
-def test_cpu_clock_ignores_sleeping():
-    import time
-
-    out = interleaved_times({"sleep": lambda: time.sleep(0.02), "work": lambda: sum(range(200_000))}, repeats=2,
-                            warmup=0, clock="cpu")
-    wall = interleaved_times({"sleep": lambda: time.sleep(0.02)}, repeats=2, warmup=0)
-    assert out["sleep"].median < 0.005 < 0.015 < wall["sleep"].median  # asleep, the thread uses no CPU
-    assert out["work"].median > 0
-
-
-def test_paired_speedup_by_hand():
-    base, other = Timing((1.0, 2.0, 3.0), "cpu"), Timing((0.5, 1.0, 3.0), "cpu")
-    assert paired_speedup(base, other) == pytest.approx(2.0)  # ratios 2, 2, 1
-    with pytest.raises(ValueError):
-        paired_speedup(base, Timing((1.0,), "cpu"))
-    with pytest.raises(TypeError):
-        paired_speedup(base, [1.0, 2.0, 3.0])
