@@ -4,9 +4,9 @@ and sample-quality measures.
 Section: chapter 09 (built there), reused by chapter 10.
 """
 
-from .addons import (AsyncLoad, LoRA, LoRACost, MergedWeights, ServeTiming, load_lora, lora_branches, lora_targets,
-                     merge_loras, random_lora, save_lora, serve_bounded_async, serve_with_loras, train_lora,
-                     unmerge_loras)
+from .lora import (LoRA, MergedWeights, load_lora, lora_branches, lora_targets, merge_loras, random_lora, save_lora,
+                   train_lora, unmerge_loras)
+from .serving import AsyncLoad, LoRACost, ServeTiming, serve_bounded_async, serve_with_loras
 from .controlnet import ControlAddon, controlled_noise, sample_controlled
 from .faster import (PAPER_INJECTION, PAPER_KEY_STEPS_50, amdahl_speedup, check_key_steps, key_groups,
                      paper_key_steps, sample_propagated, skipped_fraction, uniform_key_steps)
@@ -14,11 +14,12 @@ from .norm import group_norm_silu, group_norm_silu_reference
 from .patch_parallel import (PatchConfig, PatchRun, canvas_forward, canvas_tiles, conditioned_layers, halo_layers,
                              merge_patches, sample_canvas, sample_patch_parallel, split_patches)
 from . import pruning
-from .profiling import (BlockProfile, FeatureChange, OpBreakdown, TimeSplit, feature_change, interleaved_times,
-                        op_breakdown, op_kind, paired_speedup, part_params, profile_blocks, time_split, unet_blocks)
+from .profiling import (BlockProfile, FeatureChange, OpBreakdown, TimeSplit, feature_change, op_breakdown, op_kind,
+                        part_params, profile_blocks, time_split, unet_blocks)
+from ..runtime import interleaved_times, paired_speedup  # the general timers, re-exported
 from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_diversity, classifier_confidence,
                       feature_frechet_distance, pixel_deviation, pretrained_classifier, sample_quality)
-from .sampling import balanced_labels, sample
+from .sampling import balanced_labels, ddim_loop, sample
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .train import DDPMResult, DiffusionTrainConfig, ddpm_recipe, digits_split, pretrained_ddpm, train_ddpm
 from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
@@ -34,6 +35,6 @@ __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChan
            "split_patches", "train_lora", "unmerge_loras",
            "ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
            "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig", "balanced_labels", "class_diversity",
-           "classifier_confidence", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
+           "classifier_confidence", "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
            "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",
            "sample_quality", "timestep_embedding", "train_ddpm"]

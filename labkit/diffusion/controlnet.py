@@ -27,8 +27,8 @@ from concurrent.futures import Executor
 import torch
 from torch import nn
 
-from .sampling import sample_labels
-from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .sampling import ddim_loop, sample_labels
+from .schedule import NoiseSchedule
 from .unet import Features, TinyUNet
 
 __all__ = ['ControlAddon', 'controlled_noise', 'sample_controlled']
@@ -166,14 +166,11 @@ def sample_controlled(model: TinyUNet, schedule: NoiseSchedule, addon: ControlAd
     """
     model.eval()
     addon.eval()
-    B = x_T.shape[0]
-    y = sample_labels(model, labels, B)
-    ts = ddim_timesteps(schedule.n_steps, steps)
+    y = sample_labels(model, labels, x_T.shape[0])
     events: list[Event] = []
-    x, clock = x_T, time.perf_counter()
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        eps = controlled_noise(model, addon, x, torch.full((B,), t, dtype=torch.long), y, hint,
-                               executor=executor, events=events, clock=clock)
-        x = ddim_step(x, eps, t, t_prev, schedule)
-    return x.clamp(-1.0, 1.0), events
+    clock = time.perf_counter()
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        return controlled_noise(model, addon, x, t, y, hint, executor=executor, events=events, clock=clock)
+
+    return ddim_loop(eps_fn, x_T, schedule, steps), events

@@ -46,8 +46,8 @@ from torch.nn import functional as F
 
 from labkit.validation import check_int
 
-from .sampling import sample_labels
-from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .sampling import ddim_loop, sample_labels
+from .schedule import NoiseSchedule
 from .unet import ResBlock, TinyUNet
 
 __all__ = ["PatchConfig", "PatchRun", "canvas_forward", "canvas_tiles", "conditioned_layers", "halo_layers",
@@ -400,14 +400,8 @@ def sample_canvas(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torch.Tensor
     """
     _check_canvas(model, x_T, 1)
     model.eval()
-    ts = ddim_timesteps(schedule.n_steps, steps)
     y = sample_labels(model, labels, x_T.shape[0])
-    x = x_T
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        eps = canvas_forward(model, x, torch.full((x.shape[0],), t, dtype=torch.long), y)
-        x = ddim_step(x, eps, t, t_prev, schedule)
-    return x.clamp(-1.0, 1.0)
+    return ddim_loop(lambda x, t, i: canvas_forward(model, x, t, y), x_T, schedule, steps)
 
 
 @torch.no_grad()
@@ -442,23 +436,27 @@ def sample_patch_parallel(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torc
         raise TypeError(f"config must be a PatchConfig, got {type(config).__name__}")
     _check_canvas(model, x_T, config.n_patches)
     model.eval()
-    ts = ddim_timesteps(schedule.n_steps, steps)
     y = sample_labels(model, labels, x_T.shape[0])
     layers = conditioned_layers(model, config.conditioned)
     ops = _PatchOps(config, frozenset(layers), halo_layers(model)[0])
-    xs = split_patches(x_T, config.n_patches)
     per_step: list[dict[str, list[int]]] = []
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+
+    def before_step(i: int) -> None:
         ops.fresh = not config.stale or i < config.warmup
-        ops.sent = {}
-        emb = model.embed(torch.full((x_T.shape[0],), t, dtype=torch.long), y)  # every device computes it
-        eps = _walk(model, xs, emb, ops)
-        xs = [ddim_step(x, e, t, t_prev, schedule) for x, e in zip(xs, eps)]
+        ops.sent = {}  # filled by this step's exchanges
         per_step.append(ops.sent)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        emb = model.embed(t, y)  # every device computes it
+        eps = _walk(model, split_patches(x, config.n_patches), emb, ops)  # P strips (B, C, H, w)
+        # The DDIM update is elementwise, so running it on the reassembled canvas gives each
+        # strip exactly what its own device would compute.
+        return merge_patches(eps)
+
+    images = ddim_loop(eps_fn, x_T, schedule, steps, before_step=before_step)
     breakdown = {k: (sum(s.get(k, [0, 0])[0] for s in per_step), sum(s.get(k, [0, 0])[1] for s in per_step))
                  for k in ("latent", "halos", "norm")}
-    return PatchRun(images=merge_patches(xs).clamp(-1.0, 1.0),
+    return PatchRun(images=images,
                     bytes_p2p=tuple(sum(v[0] for v in s.values()) for s in per_step),
                     bytes_allgather=tuple(sum(v[1] for v in s.values()) for s in per_step),
                     layers=layers, breakdown=breakdown)

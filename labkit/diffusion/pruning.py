@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from labkit.runtime import seed_everything
 from labkit.validation import check_int
 
-from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .sampling import ddim_loop, start_state
+from .schedule import NoiseSchedule, ddim_timesteps
 from .unet import TinyUNet
 
 __all__ = ["CalibrationSet", "DistillConfig", "DistillResult", "block_macs", "calibration_set", "choose_removal",
@@ -326,27 +327,22 @@ def sample_inheriting(model: TinyUNet, schedule: NoiseSchedule, *, skip: Sequenc
 
     Section: chapter 09, "Feature inheritance and layer pruning".
     """
-    cfg = _check_model(model).cfg
+    _check_model(model)
     check_int("n", n, 1)
-    ts = ddim_timesteps(schedule.n_steps, steps)
-    active = [True] * len(ts) if active is None else list(active)
-    if len(active) != len(ts) or not all(isinstance(a, bool) for a in active):
-        raise ValueError(f"active must be {len(ts)} bools (one per step), got {active!r}")
-    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
-    if tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must be {shape}, got {tuple(x_T.shape)}")
-    dev = next(model.parameters()).device
-    y = None
-    if cfg.n_classes is not None:
-        y = (torch.arange(n) % cfg.n_classes if labels is None else labels).to(dev)
+    S = len(ddim_timesteps(schedule.n_steps, steps))  # raises on a bad `steps`
+    active = [True] * S if active is None else list(active)
+    if len(active) != S or not all(isinstance(a, bool) for a in active):
+        raise ValueError(f"active must be {S} bools (one per step), got {active!r}")
+    if not isinstance(x_T, torch.Tensor):
+        raise TypeError(f"x_T must be a tensor (the starting noise), got {type(x_T).__name__}")
+    x_T, y = start_state(model, n, x_T=x_T, labels=labels, generator=None, device=next(model.parameters()).device)
     model.eval()
-    x = x_T.to(dev)
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         with skipped(model, skip if active[i] else ()):
-            eps = model(x, torch.full((n,), t, device=dev, dtype=torch.long), y)
-        x = ddim_step(x, eps, t, t_prev, schedule)
-    return x.clamp(-1.0, 1.0)
+            return model(x, t, y)
+
+    return ddim_loop(eps_fn, x_T, schedule, steps)
 
 
 def stage_blocks(model: TinyUNet) -> list[str]:

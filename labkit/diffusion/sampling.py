@@ -20,6 +20,8 @@ Section: chapter 09, "Where sampling time goes".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from labkit.validation import check_int
@@ -27,7 +29,11 @@ from labkit.validation import check_int
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .unet import TinyUNet
 
-__all__ = ["balanced_labels", "sample", "sample_labels", "start_state"]
+__all__ = ["EpsFn", "balanced_labels", "ddim_loop", "sample", "sample_labels", "start_state"]
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``eps_fn(x_t, t, i) -> eps``: the noise predicted at step ``i`` (0 = noisiest) for the states
+``x_t`` (B, C, H, W) at training step ``t``, given as a (B,) int64 tensor on ``x_t``'s device."""
 
 
 def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -82,6 +88,55 @@ def start_state(model: TinyUNet, n: int, *, x_T: torch.Tensor | None, labels: to
     return x_T.to(device), (None if y is None else y.to(device))
 
 
+def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
+              before_step: Callable[[int], None] | None = None,
+              after_step: Callable[[int, torch.Tensor], None] | None = None,
+              eta: float = 0.0, generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
+    """The DDIM sampling loop every sampler of the chapter runs: ``S`` noise predictions and updates.
+
+    For the steps ``t_1 > t_2 > ... > t_S`` of :func:`ddim_timesteps` (and ``t_{S+1} = -1``, the
+    clean image), step ``i`` asks ``eps_fn`` for ``eps = eps_theta(x_t, t_i)`` and applies DDIM's
+    update (eq. 12; :func:`ddim_step`), with ``abar`` the schedule's cumulative product:
+
+        x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
+
+    where ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)``
+    and ``z ~ N(0, I)``. The samplers differ only in ``eps_fn`` (the whole UNet, a UNet with
+    blocks skipped, with an add-on's residuals, on patches of the canvas) and in what they do
+    around a step (patch in a LoRA, switch halo exchange off), so each passes those in.
+
+    Args:
+        eps_fn: the noise predictor, see :data:`EpsFn`.
+        x_T: (B, C, H, W) starting noise, on the device ``eps_fn`` works on.
+        schedule: the schedule the model was trained with.
+        steps: S, in [1, T].
+        before_step: called with ``i`` before step ``i`` predicts its noise.
+        after_step: called with ``i`` and the new state ``x_{t_prev}`` (not clamped) after step ``i``.
+        eta: 0 (deterministic DDIM) .. 1 (DDPM's variance); >= 0.
+        generator: CPU generator for the noise ``z`` of each step when ``eta > 0`` (drawn on the
+            CPU, then moved to ``x_T``'s device; default: the global generator).
+        clip_x0: clamp each step's clean estimate ``x0_hat`` to [-1, 1].
+
+    Returns:
+        The last state clamped to [-1, 1], (B, C, H, W).
+    """
+    ts = ddim_timesteps(schedule.n_steps, steps)  # (S,) descending; raises on a bad `steps`
+    x = x_T
+    shape = tuple(x.shape)
+    for i, t in enumerate(ts.tolist()):
+        if before_step is not None:
+            before_step(i)
+        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+        t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
+        eps = eps_fn(x, t_batch, i)  # (B, C, H, W)
+        noise = torch.randn(shape, generator=generator).to(x.device) if eta > 0 and t_prev >= 0 else None
+        x = ddim_step(x, eps, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)  # eq. 12
+        if after_step is not None:
+            after_step(i, x)
+    return x.clamp(-1.0, 1.0)
+
+
 @torch.no_grad()
 def sample(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps: int = 50, eta: float = 0.0,
            labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -116,20 +171,16 @@ def sample(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps: int = 50,
     Section: chapter 09, "Where sampling time goes".
     """
     check_int("n", n, 1)
-    ts = ddim_timesteps(schedule.n_steps, steps)  # (S,) descending; raises on a bad `steps`
+    ddim_timesteps(schedule.n_steps, steps)  # check `steps` before drawing any noise
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    x, y = start_state(model, n, x_T=x_T, labels=labels, generator=generator, device=device)
-    shape = tuple(x.shape)
-    trajectory = [x.cpu()] if return_trajectory else []
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        t_batch = torch.full((n,), t, device=device, dtype=torch.long)  # (B,)
-        feats = model.encode(x, t_batch, y)  # embedding + down path
-        eps = model.decode(feats)  # middle + up path: the predicted noise (B, C, H, W)
-        noise = torch.randn(shape, generator=generator).to(device) if eta > 0 and t_prev >= 0 else None
-        x = ddim_step(x, eps, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    images = x.clamp(-1.0, 1.0)
+    x_T, y = start_state(model, n, x_T=x_T, labels=labels, generator=generator, device=device)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        feats = model.encode(x, t, y)  # embedding + down path
+        return model.decode(feats)  # middle + up path: the predicted noise (B, C, H, W)
+
+    trajectory = [x_T.cpu()] if return_trajectory else []
+    images = ddim_loop(eps_fn, x_T, schedule, steps, eta=eta, generator=generator, clip_x0=clip_x0,
+                       after_step=(lambda i, x: trajectory.append(x.cpu())) if return_trajectory else None)
     return (images, trajectory) if return_trajectory else images

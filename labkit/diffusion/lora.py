@@ -1,48 +1,37 @@
-"""Serving a diffusion model with add-on modules: LoRA patching and loading.
+"""LoRA add-ons for the tiny UNet: the low-rank patch, merged or on the fly, trained and stored.
 
 Paper: *SwiftDiffusion: Efficient Diffusion Model Serving with Add-on Modules* (Li et al., 2024,
 arXiv:2407.02031). Production text-to-image requests rarely use the bare base model: most carry
-LoRAs (low-rank weight deltas that give a style) and ControlNets (a trainable copy of the UNet's
-encoder that reads a control image and adds its features to the base model's skips). Each add-on
-has to be loaded, patched in and computed, and SwiftDiffusion measures that these overheads,
-not the base model, dominate serving latency. Its answers include running ControlNets on
-separate devices in parallel with the base model and overlapping LoRA loading with the first
-denoising steps (bounded asynchronous LoRA loading).
+LoRAs, low-rank weight deltas that give a style, and each one has to be loaded, patched in and
+computed. This module is the mechanism; :mod:`labkit.diffusion.serving` times requests with it.
 
 A LoRA (Hu et al., 2021, arXiv:2106.09685) replaces a weight ``W`` of shape (O, I) by
 ``W + s * U D`` with ``D`` (r, I), ``U`` (O, r) and a small rank r; a convolution's kernel is
 flattened to (O, I * k * k) first. A server can apply it in two ways:
 
-- **merge**: add ``s U D`` into ``W`` once before sampling and restore ``W`` after, a cost per
-  request that does not depend on the number of steps S;
-- **on the fly**: leave ``W`` alone and add the low-rank branch ``s U (D x)`` to the layer's output
-  at every step, a cost per step.
+- **merge** (:func:`merge_loras`, :func:`unmerge_loras`): add ``s U D`` into ``W`` once before
+  sampling and restore ``W`` after, a cost per request that does not depend on the number of
+  steps S;
+- **on the fly** (:func:`lora_branches`): leave ``W`` alone and add the low-rank branch
+  ``s U (D x)`` to the layer's output at every step, a cost per step.
 
-So merging wins for long runs and the branch for short ones; :class:`LoRACost` predicts where
-they cross. Several LoRAs are stacked into one branch of rank ``sum r`` (or one merged delta).
-Merged weights hold one patch at a time, but the branch can give each image of a batch its own
-LoRA (a mask over the stacked rank), so requests with different LoRAs share one batch
-(:func:`serve_with_loras` with ``per_image=True``). :func:`serve_bounded_async` loads LoRA files
-in a thread while the base model runs its first steps, and patches them in after at most k steps.
+Several LoRAs are stacked into one branch of rank ``sum r`` (or one merged delta). Merged weights
+hold one patch at a time, but the branch can give each image of a batch its own LoRA (a mask over
+the stacked rank). :func:`train_lora` fits a LoRA with the DDPM loss through the same branches;
+:func:`save_lora` and :func:`load_lora` are the files a server reads.
 
-The ControlNet-style add-on run beside the base encoder is in :mod:`labkit.diffusion.controlnet`.
-
-What the miniature leaves out: attention-layer LoRAs and text conditioning, multi-LoRA kernels
-(Punica, S-LoRA), trained ControlNets (ours is untrained: the timing and the exactness of the
-parallel schedule are what is measured), separate GPUs (threads of one CPU process stand in for
-them, and share its interpreter lock).
+What the miniature leaves out: attention-layer LoRAs and text conditioning, and multi-LoRA
+kernels (Punica, S-LoRA).
 
 Shapes: B batch, C channels, H x W image, O x I a weight (output x flattened input), r rank,
-K LoRAs, S steps.
+K LoRAs.
 Section: chapter 09, "Serving: add-ons and patch parallelism".
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +43,11 @@ from torch.nn import functional as F
 from labkit.runtime import seed_everything
 from labkit.validation import check_int
 
-from .sampling import sample_labels
-from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .schedule import NoiseSchedule
 from .unet import TinyUNet
 
-__all__ = ["AsyncLoad", "LoRA", "LoRACost", "MergedWeights", "ServeTiming", "load_lora", "lora_branches", "lora_targets", "merge_loras", "random_lora", "save_lora", "serve_bounded_async", "serve_with_loras", "train_lora", "unmerge_loras"]
+__all__ = ["LoRA", "MergedWeights", "check_loras", "load_lora", "lora_branches", "lora_targets", "merge_loras",
+           "random_lora", "save_lora", "train_lora", "unmerge_loras"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +58,6 @@ class LoRA:
         name: a label (the "style").
         factors: layer name (as in ``named_modules``) -> ``(down, up)``.
         scale: s, multiplies ``U D``.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
 
     name: str
@@ -95,8 +82,6 @@ def lora_targets(model: nn.Module, *, suffixes: Sequence[str] | None = None) -> 
         model: the base model.
         suffixes: keep only names ending in one of these (``("conv1", "conv2")``: the residual
             blocks' 3 x 3 convolutions); default all.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -114,7 +99,14 @@ def _layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     return {n: modules[n] for n in names}
 
 
-def _check_loras(model: nn.Module, loras: Sequence[LoRA]) -> list[LoRA]:
+def check_loras(model: nn.Module, loras: Sequence[LoRA]) -> list[LoRA]:
+    """``loras`` as a list, each checked to patch only ``Conv2d``/``Linear`` layers of ``model``
+    with factors that fit their weights.
+
+    Raises:
+        TypeError: an entry is not a :class:`LoRA`.
+        ValueError: an unknown layer, or factors whose shapes do not fit the weight.
+    """
     loras = list(loras)
     for lora in loras:
         if not isinstance(lora, LoRA):
@@ -143,8 +135,6 @@ def random_lora(model: nn.Module, *, rank: int, seed: int, scale: float = 1.0, s
         std: spread of U.
         targets: layers to patch (default :func:`lora_targets`).
         name: label (default ``f"random-{seed}"``).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     r = check_int("rank", rank, 1)
     layers = _layers(model, lora_targets(model) if targets is None else list(targets))
@@ -192,10 +182,8 @@ def merge_loras(model: nn.Module, loras: Sequence[LoRA]) -> MergedWeights:
 
     Shapes:
         per layer: D (K r, I) and U (O, K r) -> delta (O, I) viewed as the weight's shape.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
-    loras = _check_loras(model, loras)
+    loras = check_loras(model, loras)
     stacked = _stacked(loras)
     layers = _layers(model, list(stacked))
     backup = {}
@@ -209,8 +197,6 @@ def merge_loras(model: nn.Module, loras: Sequence[LoRA]) -> MergedWeights:
 @torch.no_grad()
 def unmerge_loras(model: nn.Module, merged: MergedWeights) -> None:
     """Restore the weights :func:`merge_loras` changed, bit for bit (a copy, not a subtraction).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     if not isinstance(merged, MergedWeights):
         raise TypeError(f"merged must be what merge_loras returned, got {type(merged).__name__}")
@@ -250,10 +236,8 @@ def lora_branches(model: nn.Module, loras: Sequence[LoRA], *, assign: torch.Tens
 
     Shapes:
         per layer: branch activations (B, sum r, H', W'), mask (B, sum r).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
-    loras = _check_loras(model, loras)
+    loras = check_loras(model, loras)
     if assign is not None:
         if assign.dim() != 1 or assign.dtype.is_floating_point:
             raise ValueError(f"assign must be (B,) integer LoRA indices, got {tuple(assign.shape)} {assign.dtype}")
@@ -296,8 +280,6 @@ def train_lora(model: TinyUNet, schedule: NoiseSchedule, images: torch.Tensor, l
 
     Returns:
         :class:`LoRA` with scale 1.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
@@ -330,8 +312,6 @@ def train_lora(model: TinyUNet, schedule: NoiseSchedule, images: torch.Tensor, l
 
 def save_lora(lora: LoRA, path: str | Path) -> Path:
     """Write a LoRA with ``torch.save`` (factors, name, scale); returns the path.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     if not isinstance(lora, LoRA):
         raise TypeError(f"lora must be a LoRA, got {type(lora).__name__}")
@@ -342,8 +322,6 @@ def save_lora(lora: LoRA, path: str | Path) -> Path:
 
 def load_lora(path: str | Path) -> LoRA:
     """Read a LoRA written by :func:`save_lora`.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     path = Path(path)
     if not path.is_file():
@@ -351,215 +329,3 @@ def load_lora(path: str | Path) -> LoRA:
     state = torch.load(path, weights_only=True)
     return LoRA(name=state["name"], factors={n: (d, u) for n, (d, u) in state["factors"].items()},
                 scale=float(state["scale"]))
-
-
-_MODES = ("merge", "on_the_fly")
-
-
-@dataclass(frozen=True)
-class ServeTiming:
-    """Wall-clock seconds of one request served with LoRAs, by phase.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
-
-    patch_s: float
-    sample_s: float
-    unpatch_s: float
-
-    @property
-    def total_s(self) -> float:
-        """All three phases."""
-        return self.patch_s + self.sample_s + self.unpatch_s
-
-
-def _ddim_loop(model: TinyUNet, schedule: NoiseSchedule, x: torch.Tensor, y: torch.Tensor | None, steps: int,
-               before_step=None) -> torch.Tensor:  # noqa: ANN001
-    ts = ddim_timesteps(schedule.n_steps, steps)
-    for i, t in enumerate(ts.tolist()):
-        if before_step is not None:
-            before_step(i)
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long), y)
-        x = ddim_step(x, eps, t, t_prev, schedule)
-    return x.clamp(-1.0, 1.0)
-
-
-@torch.no_grad()
-def serve_with_loras(model: TinyUNet, schedule: NoiseSchedule, loras: Sequence[LoRA], *, mode: str,
-                     x_T: torch.Tensor, steps: int = 20, labels: torch.Tensor | None = None,
-                     per_image: bool = False) -> tuple[torch.Tensor, ServeTiming]:
-    """Serve DDIM requests with LoRAs applied by merging or on the fly, timed by phase.
-
-    With ``per_image=False`` one request draws all B images with all K LoRAs: ``"merge"`` merges
-    them, samples and restores the weights; ``"on_the_fly"`` samples inside :func:`lora_branches`.
-    With ``per_image=True`` there are K = B requests of one image each, image b with LoRA b:
-    ``"merge"`` must serve them one after the other (the weights hold one patch at a time),
-    ``"on_the_fly"`` serves them as one batch with a per-image mask.
-
-    Args:
-        model, schedule: the base model and its schedule.
-        loras: K >= 0 LoRAs (K = B when ``per_image``).
-        mode: ``"merge"`` or ``"on_the_fly"``.
-        x_T: (B, C, H, W) starting noise.
-        steps: S.
-        labels: (B,) classes (default 0, 1, 2, ...).
-        per_image: one request (and LoRA) per image.
-
-    Returns:
-        ``(images in [-1, 1], ServeTiming)``; the model is left as it was.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    loras = _check_loras(model, loras)
-    B = x_T.shape[0]
-    if per_image and len(loras) != B:
-        raise ValueError(f"per_image needs one LoRA per image: {len(loras)} LoRAs for {B} images")
-    y = sample_labels(model, labels, B)
-    model.eval()
-    patch = sample = unpatch = 0.0
-    if mode == "merge":
-        groups = [([lora], slice(b, b + 1)) for b, lora in enumerate(loras)] if per_image else [(loras, slice(0, B))]
-        outs = []
-        for group, rows in groups:
-            t0 = time.perf_counter()
-            merged = merge_loras(model, group) if group else None
-            t1 = time.perf_counter()
-            outs.append(_ddim_loop(model, schedule, x_T[rows], None if y is None else y[rows], steps))
-            t2 = time.perf_counter()
-            if merged is not None:
-                unmerge_loras(model, merged)
-            t3 = time.perf_counter()
-            patch, sample, unpatch = patch + t1 - t0, sample + t2 - t1, unpatch + t3 - t2
-        images = torch.cat(outs) if outs else _ddim_loop(model, schedule, x_T, y, steps)
-    else:
-        t0 = time.perf_counter()
-        with lora_branches(model, loras, assign=torch.arange(B) if per_image else None):
-            t1 = time.perf_counter()
-            images = _ddim_loop(model, schedule, x_T, y, steps)
-            t2 = time.perf_counter()
-        patch, sample, unpatch = t1 - t0, t2 - t1, time.perf_counter() - t2
-    return images, ServeTiming(patch_s=patch, sample_s=sample, unpatch_s=unpatch)
-
-
-@dataclass(frozen=True)
-class AsyncLoad:
-    """How a request with bounded asynchronous LoRA loading went.
-
-    Attributes:
-        patched_at: the step index before which the LoRAs were merged (0 = from the start).
-        load_s: seconds the loader thread spent reading the files.
-        wait_s: seconds the sampler stood waiting for the loader.
-        total_s: wall-clock seconds of the whole request.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
-
-    patched_at: int
-    load_s: float
-    wait_s: float
-    total_s: float
-
-
-@torch.no_grad()
-def serve_bounded_async(model: TinyUNet, schedule: NoiseSchedule, paths: Sequence[str | Path], *, bound: int,
-                        x_T: torch.Tensor, steps: int = 20, labels: torch.Tensor | None = None,
-                        patch_at: int | None = None) -> tuple[torch.Tensor, AsyncLoad]:
-    """SwiftDiffusion's bounded asynchronous LoRA loading (BAL): sample while the LoRAs load.
-
-    A loader thread reads the LoRA files while the base model runs its first steps. Before each
-    step the sampler checks: once the files are in, it merges them and carries on with the LoRAs;
-    it never runs more than ``bound`` steps without them (at step ``bound`` it waits). The first
-    steps, which set the layout rather than the style, are the ones that may go without.
-
-    Args:
-        model, schedule: the base model and its schedule.
-        paths: files written by :func:`save_lora`.
-        bound: k, the most steps allowed without the LoRAs, in [0, S].
-        x_T: (B, C, H, W) starting noise.
-        steps: S.
-        labels: (B,) classes.
-        patch_at: merge exactly before this step (waiting if needed), for experiments that need
-            the same patching step on every run; default: as soon as loaded, at most ``bound``.
-
-    Returns:
-        ``(images in [-1, 1], AsyncLoad)``; the model is left as it was.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
-    steps = check_int("steps", steps, 1)
-    bound = check_int("bound", bound, 0, steps)
-    if patch_at is not None:
-        check_int("patch_at", patch_at, 0, steps)
-    paths = [Path(p) for p in paths]
-    y = sample_labels(model, labels, x_T.shape[0])
-    model.eval()
-    start = time.perf_counter()
-    state: dict = {"merged": None, "at": steps, "wait": 0.0}
-
-    def read() -> tuple[list[LoRA], float]:
-        t0 = time.perf_counter()
-        return [load_lora(p) for p in paths], time.perf_counter() - t0
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(read)
-
-        def before_step(i: int) -> None:
-            if state["merged"] is not None:
-                return
-            due = i == (bound if patch_at is None else patch_at)
-            if due or (patch_at is None and future.done()):
-                t0 = time.perf_counter()
-                loras, _ = future.result()
-                state["wait"] += time.perf_counter() - t0
-                state["merged"], state["at"] = merge_loras(model, loras), i
-
-        try:
-            images = _ddim_loop(model, schedule, x_T, y, steps, before_step)
-        finally:
-            if state["merged"] is not None:
-                unmerge_loras(model, state["merged"])
-        _, load_s = future.result()
-    return images, AsyncLoad(patched_at=state["at"], load_s=load_s, wait_s=state["wait"],
-                             total_s=time.perf_counter() - start)
-
-
-@dataclass(frozen=True)
-class LoRACost:
-    """Two ways of serving with LoRAs as straight lines in S: ``merge + S * step`` vs ``setup + S * step'``.
-
-    Attributes:
-        merge_s: seconds to merge the LoRAs and restore the weights (per request).
-        merged_step_s: seconds of one sampling step with merged weights.
-        setup_s: seconds to install (and remove) the on-the-fly branches.
-        fly_step_s: seconds of one step with the branches.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
-
-    merge_s: float
-    merged_step_s: float
-    setup_s: float
-    fly_step_s: float
-
-    def __post_init__(self) -> None:
-        for name in ("merge_s", "merged_step_s", "setup_s", "fly_step_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-
-    def merged(self, steps: int) -> float:
-        """Predicted seconds of S steps served by merging."""
-        return self.merge_s + check_int("steps", steps, 1) * self.merged_step_s
-
-    def on_the_fly(self, steps: int) -> float:
-        """Predicted seconds of S steps served with the branches."""
-        return self.setup_s + check_int("steps", steps, 1) * self.fly_step_s
-
-    @property
-    def crossover_steps(self) -> float:
-        """S where both lines meet (``inf`` if parallel); can be below 1 or negative (no crossover in range)."""
-        slope = self.fly_step_s - self.merged_step_s
-        return float("inf") if slope == 0 else (self.merge_s - self.setup_s) / slope
