@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .observers import make_observer
-from .quantizers import QSpec, fake_quantize
+from .quantizers import QSpec, _fake_quantize
 
 __all__ = ["MODES", "QuantWrapper", "calibrating", "quant_layers", "quantize_model", "set_mode"]
 
@@ -82,15 +82,18 @@ class QuantWrapper(nn.Module):
         Without autograd the result is cached until the weight changes (its version counter,
         bumped by every in-place update such as an optimizer step, or a new tensor); while
         autograd records it is recomputed, so gradients flow through the rounding.
+
+        Raises:
+            ValueError: the weight holds NaN or inf (the message names the layer and counts them).
         """
         w = self.inner.weight
         if self.w_spec is None:
             return w
         if torch.is_grad_enabled() and w.requires_grad:
-            return fake_quantize(w, self.w_spec)
+            return _fake_quantize(w, self.w_spec, None, None, name="weight", op=self._label())
         key = (id(w), w._version, w.device, w.dtype)
         if self._cache_key != key:
-            self._cache = fake_quantize(w.detach(), self.w_spec)
+            self._cache = _fake_quantize(w.detach(), self.w_spec, None, None, name="weight", op=self._label())
             self._cache_key = key
         return self._cache
 
@@ -102,11 +105,15 @@ class QuantWrapper(nn.Module):
         if self.a_spec is not None:
             if torch.isnan(self.a_lo).any():
                 raise RuntimeError("input range not calibrated: run batches inside `with calibrating(model):` first")
-            x = fake_quantize(x, self.a_spec, lo=self.a_lo, hi=self.a_hi)
+            x = _fake_quantize(x, self.a_spec, self.a_lo, self.a_hi, name="input", op=self._label())
         w = self.quantized_weight()
         if isinstance(self.inner, nn.Linear):
             return nn.functional.linear(x, w, self.inner.bias)
         return self.inner._conv_forward(x, w, self.inner.bias)
+
+    def _label(self) -> str:
+        """How errors name this layer: ``QuantWrapper(Linear)``."""
+        return f"QuantWrapper({type(self.inner).__name__})"
 
     def extra_repr(self) -> str:
         def fmt(spec: QSpec | None) -> str:

@@ -14,6 +14,9 @@ an observer at each quantized input watch the values go by. Three classic choice
 The percentile and MSE observers keep a seeded, bounded random sample of the values (a
 reservoir) instead of everything, so calibration memory does not grow with the data.
 
+Every observer refuses a batch holding NaN or inf (one such value would make the range, and so
+every scale, non-finite) and records nothing from an empty batch.
+
 What the miniature leaves out: histogram-based KL calibration (TensorRT's entropy calibrator) and
 per-channel activation ranges.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_int
+from ..validation import check_finite_tensor, check_int
 from .quantizers import QSpec, fake_quantize
 
 __all__ = ["OBSERVERS", "MSEObserver", "MinMaxObserver", "Observer", "PercentileObserver", "make_observer"]
@@ -40,9 +43,17 @@ class Observer:
         self.count = 0
 
     def update(self, x: torch.Tensor) -> None:
-        """Record one batch of values."""
+        """Record one batch of values; an empty batch records nothing.
+
+        Raises:
+            TypeError: ``x`` is not a float tensor.
+            ValueError: ``x`` holds NaN or inf (the message counts them); nothing is recorded.
+        """
         if not x.is_floating_point():
             raise TypeError(f"observers watch float tensors, got {x.dtype}")
+        check_finite_tensor("x", x, op=f"{type(self).__name__}.update")
+        if x.numel() == 0:
+            return
         self.count += x.numel()
         self._update(x.detach().float().reshape(-1))
 

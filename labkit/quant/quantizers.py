@@ -18,6 +18,13 @@ reports its exact size in bytes (codes plus fp16 scales and zero points).
 Rounding uses a straight-through estimator (the gradient of ``round`` is taken as 1), so a
 fake-quantized model can be finetuned (QuEST, chapter 10 section 2).
 
+Inputs must be finite: one NaN or inf in a slice would make its scale NaN or infinite and wipe
+out every value sharing it, so :func:`fake_quantize`, :func:`quantize_tensor` and the observers
+raise ``ValueError`` instead, saying how many values are not finite. An empty tensor
+fake-quantizes to an empty tensor (there is nothing to round), but a slice with no values has no
+range: :func:`reduce_range` and :func:`quantize_tensor` raise ``ValueError`` when some slice is
+empty (a tensor with no slices at all, such as ``(0, C)`` per channel, gives empty codes).
+
 What the miniature leaves out: non-uniform codebooks (NF4), floating-point formats (FP8/FP4) and
 stochastic rounding.
 
@@ -28,11 +35,12 @@ Section: chapter 10, "Quantization from first principles".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..validation import check_int
+from ..validation import check_finite_tensor, check_int
 
 __all__ = ["GRANULARITIES", "QSpec", "QTensor", "code_range", "dequantize", "fake_quantize", "quantize",
            "quantize_tensor", "reduce_range", "round_ste", "scale_zero"]
@@ -51,7 +59,8 @@ class QSpec:
         granularity: ``"tensor"``, ``"channel"`` (one scale per index of ``axis``) or
             ``"group"`` (one per ``group_size`` consecutive values of the last dimension,
             per row).
-        axis: the channel dimension for ``granularity="channel"``.
+        axis: the channel dimension for ``granularity="channel"``; negative values count from
+            the end, and it must name a dimension of the tensor quantized.
         group_size: G for ``granularity="group"``.
     """
 
@@ -63,6 +72,8 @@ class QSpec:
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, 2, 8)
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise TypeError(f"axis must be an int, got {type(self.axis).__name__}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.granularity == "group":
@@ -79,13 +90,23 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
 
 
+def _channel_axis(x: torch.Tensor, spec: QSpec) -> int:
+    """``spec.axis`` as a dimension of ``x`` in ``[0, x.dim())``; raise if ``x`` has no such dimension."""
+    if x.dim() == 0:
+        raise ValueError("granularity='channel' needs a tensor with at least one dimension, got a 0-d tensor")
+    if not -x.dim() <= spec.axis < x.dim():
+        raise ValueError(f"axis={spec.axis} is out of range for a {x.dim()}-D tensor of shape {tuple(x.shape)} "
+                         f"(valid axes: {-x.dim()} to {x.dim() - 1})")
+    return spec.axis % x.dim()
+
+
 def _grouped(x: torch.Tensor, spec: QSpec) -> torch.Tensor:
     """View ``x`` as (rows, groups): each row of the view shares one scale."""
     if spec.granularity == "tensor":
         return x.reshape(1, -1)
     if spec.granularity == "channel":
-        axis = spec.axis % x.dim() if x.dim() else 0
-        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        moved = x.movedim(_channel_axis(x, spec), 0)
+        return moved.reshape(moved.shape[0], math.prod(moved.shape[1:]))  # explicit: C may be 0
     if x.dim() == 0 or x.shape[-1] % spec.group_size:
         size = x.shape[-1] if x.dim() else 1
         raise ValueError(f"group_size={spec.group_size} does not divide the last dimension ({size})")
@@ -95,7 +116,7 @@ def _grouped(x: torch.Tensor, spec: QSpec) -> torch.Tensor:
 def _ungrouped(v: torch.Tensor, x: torch.Tensor, spec: QSpec) -> torch.Tensor:
     """Inverse of :func:`_grouped` for a tensor of the grouped view's shape."""
     if spec.granularity == "channel":
-        axis = spec.axis % x.dim() if x.dim() else 0
+        axis = _channel_axis(x, spec)
         moved = list(x.movedim(axis, 0).shape)
         return v.reshape(moved).movedim(0, axis)
     return v.reshape(x.shape)
@@ -106,8 +127,18 @@ def reduce_range(x: torch.Tensor, spec: QSpec) -> tuple[torch.Tensor, torch.Tens
 
     Returns:
         ``(lo, hi)``, each of shape (S,): S = 1, C or N / G.
+
+    Raises:
+        ValueError: a slice has no values (e.g. an empty tensor per tensor); no slices at all is fine.
     """
+    return _slice_range(x, spec, op="reduce_range")
+
+
+def _slice_range(x: torch.Tensor, spec: QSpec, *, op: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = _grouped(x.detach(), spec)
+    if g.shape[0] > 0 and g.shape[1] == 0:
+        raise ValueError(f"{op}: x is empty (shape {tuple(x.shape)}): its {g.shape[0]} {spec.granularity} "
+                         "slice(s) hold no values, so there is no range to take a scale from")
     return g.amin(dim=1), g.amax(dim=1)
 
 
@@ -117,9 +148,15 @@ def scale_zero(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> tuple[torch.T
     Symmetric: ``s = max(|lo|, |hi|) / (2^(b-1) - 1)``, ``z = 0``. Affine: the range is first
     widened to contain 0 (so that 0 is exact), ``s = (hi - lo) / (2^b - 1)``,
     ``z = round(-lo / s)``. A zero range gets a tiny positive scale instead of dividing by 0.
+
+    Raises:
+        ValueError: a bound is NaN or infinite, or some ``lo > hi``.
     """
     lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
-    if (lo > hi).any():
+    # one sync for the three checks; the messages are worked out only when one fails
+    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all() & (lo <= hi).all()):
+        check_finite_tensor("lo", lo, op="scale_zero")
+        check_finite_tensor("hi", hi, op="scale_zero")
         raise ValueError("every lo must be <= hi")
     q_min, q_max = code_range(spec.bits, spec.symmetric)
     if spec.symmetric:
@@ -159,15 +196,30 @@ def fake_quantize(x: torch.Tensor, spec: QSpec, *, lo: torch.Tensor | None = Non
     """Quantize and dequantize ``x`` (same shape and dtype): the error a ``b``-bit format makes.
 
     Args:
-        x: any float tensor.
+        x: any float tensor, every value finite; an empty one gives an empty result.
         spec: bits, symmetry and granularity.
-        lo, hi: calibrated ranges per slice (S,); default: ``x``'s own min and max (dynamic).
+        lo, hi: calibrated ranges per slice (S,), finite; default: ``x``'s own min and max (dynamic).
+
+    Raises:
+        TypeError: ``x`` is not a float tensor.
+        ValueError: ``x``, ``lo`` or ``hi`` holds NaN or inf (the message counts them), ``axis`` is
+            not a dimension of ``x``, or ``group_size`` does not divide its last dimension.
     """
+    return _fake_quantize(x, spec, lo, hi, name="x", op="fake_quantize")
+
+
+def _fake_quantize(x: torch.Tensor, spec: QSpec, lo: torch.Tensor | None, hi: torch.Tensor | None, *,
+                   name: str, op: str) -> torch.Tensor:
+    """:func:`fake_quantize`, with errors that call ``x`` ``name`` and come from ``op``."""
     if not x.is_floating_point():
-        raise TypeError(f"fake_quantize needs a float tensor, got {x.dtype}")
+        raise TypeError(f"{op} needs a float tensor, got {x.dtype}")
     if (lo is None) != (hi is None):
         raise ValueError("pass both lo and hi, or neither")
+    check_finite_tensor(name, x, op=op)
     if lo is None:
+        if x.numel() == 0:  # nothing to round, hence no range needed; the spec must still fit x
+            _grouped(x, spec)
+            return x.clone()
         lo, hi = reduce_range(x, spec)
     scale, zero = scale_zero(lo.to(x.device), hi.to(x.device), spec)
     out = dequantize(quantize(x.float(), scale, zero, spec), scale, zero, spec)
@@ -209,10 +261,16 @@ class QTensor:
 
 
 def quantize_tensor(x: torch.Tensor, spec: QSpec) -> QTensor:
-    """Quantize ``x`` with ranges taken from ``x`` itself (the usual way for weights)."""
+    """Quantize ``x`` with ranges taken from ``x`` itself (the usual way for weights).
+
+    Raises:
+        TypeError: ``x`` is not a float tensor.
+        ValueError: ``x`` holds NaN or inf, a slice of it is empty, or the spec does not fit its shape.
+    """
     if not x.is_floating_point():
         raise TypeError(f"quantize_tensor needs a float tensor, got {x.dtype}")
-    lo, hi = reduce_range(x, spec)
+    check_finite_tensor("x", x, op="quantize_tensor")
+    lo, hi = _slice_range(x, spec, op="quantize_tensor")
     scale, zero = scale_zero(lo, hi, spec)
     with torch.no_grad():
         codes = quantize(x.float(), scale, zero, spec).to(torch.int16)

@@ -87,3 +87,23 @@ def test_cached_weight_follows_in_place_updates():
         layer.inner.weight.mul_(2.0)  # bumps the version counter: the cache must not serve the old weight
         assert torch.allclose(layer.quantized_weight(), fake_quantize(layer.inner.weight, layer.w_spec))
         assert not torch.allclose(q(x), first)
+
+
+def test_non_finite_inputs_and_weights_are_named_errors():
+    x = torch.randn(3, 1, 5, 5)
+    q = quantize_model(small_net(), w_spec=QSpec(4, granularity="channel"), a_spec=QSpec(8))
+    bad = x.clone()
+    bad[0, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^MinMaxObserver.update: x has 1 non-finite value of 75 \(1 NaN"):
+        with calibrating(q):
+            q(bad)
+    with calibrating(q):
+        q(x)
+    with pytest.raises(ValueError, match=r"^QuantWrapper\(Conv2d\): input has 1 non-finite value of 75 \(1 NaN"):
+        q(bad)
+    with torch.no_grad():
+        q[2].inner.weight[1, :2] = float("inf")
+    for grad in (False, True):  # the cached path and the autograd path
+        with torch.set_grad_enabled(grad), pytest.raises(
+                ValueError, match=r"^QuantWrapper\(Linear\): weight has 2 non-finite values of 300 \(0 NaN, 2 infinite"):
+            q(x)

@@ -63,3 +63,27 @@ def test_bad_arguments():
         make_observer("kl", QSpec())
     with pytest.raises(TypeError, match="float"):
         MinMaxObserver(QSpec()).update(torch.arange(3))
+
+
+@pytest.mark.parametrize("name", ["minmax", "percentile", "mse"])
+def test_a_non_finite_batch_is_an_error_and_leaves_the_observer_unchanged(name):
+    obs = make_observer(name, QSpec(8))
+    obs.update(torch.tensor([-1.0, 2.0]))
+    bad = torch.tensor([[0.5, float("nan")], [float("inf"), 1.0]])
+    cls = type(obs).__name__
+    with pytest.raises(ValueError, match=rf"^{cls}.update: x has 2 non-finite values of 4 \(1 NaN, 1 infinite\)"):
+        obs.update(bad)
+    assert obs.count == 2
+    lo, hi = obs.range()
+    assert torch.isfinite(lo).all() and torch.isfinite(hi).all() and -1.0 <= lo.item() <= hi.item() <= 2.0
+
+
+@pytest.mark.parametrize("name", ["minmax", "percentile", "mse"])
+def test_an_empty_batch_is_observed_as_nothing(name):
+    obs = make_observer(name, QSpec(8))
+    obs.update(torch.empty(0, 3))
+    with pytest.raises(RuntimeError, match="no data"):
+        obs.range()
+    obs.update(torch.tensor([-1.0, 3.0]))
+    obs.update(torch.empty(0))
+    assert obs.count == 2 and obs.range()[0].item() <= 0.0 < obs.range()[1].item()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -100,3 +102,75 @@ def test_bad_arguments():
         scale_zero(torch.ones(1), torch.zeros(1), QSpec())
     with pytest.raises(ValueError, match="scales"):
         fake_quantize(torch.randn(4, 4), QSpec(granularity="channel"), lo=-torch.ones(2), hi=torch.ones(2))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("spec", [QSpec(8), QSpec(4, granularity="channel"), QSpec(4, granularity="group", group_size=2)])
+def test_a_non_finite_value_is_an_error_not_a_nan_slice(spec):
+    x = torch.tensor([[0.5, NAN, -1.0, 2.0], [1.0, 1.5, INF, -INF]])
+    with pytest.raises(ValueError, match=r"^fake_quantize: x has 3 non-finite values of 8 \(1 NaN, 2 infinite\)"):
+        fake_quantize(x, spec)
+    with pytest.raises(ValueError, match=r"^quantize_tensor: x has 3 non-finite values of 8"):
+        quantize_tensor(x, spec)
+    with pytest.raises(ValueError, match=r"fake_quantize: x has 1 non-finite value of 4 \(1 NaN"):
+        fake_quantize(torch.tensor([1.0, 2.0, NAN, 3.0]), QSpec(8), lo=torch.tensor([-4.0]), hi=torch.tensor([4.0]))
+
+
+def test_non_finite_calibrated_ranges_are_an_error():
+    x = torch.randn(4)
+    with pytest.raises(ValueError, match=r"^scale_zero: lo has 1 non-finite value of 1 \(1 NaN"):
+        fake_quantize(x, QSpec(8), lo=torch.tensor([NAN]), hi=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match=r"^scale_zero: hi has 1 non-finite value of 2 \(0 NaN, 1 infinite\)"):
+        scale_zero(torch.zeros(2), torch.tensor([1.0, INF]), QSpec(8))
+
+
+@pytest.mark.parametrize("axis", [2, 5, -3])
+def test_channel_axis_out_of_range_is_an_error(axis):
+    x = torch.randn(3, 4)
+    spec = QSpec(8, granularity="channel", axis=axis)
+    msg = rf"axis={axis} is out of range for a 2-D tensor of shape \(3, 4\) \(valid axes: -2 to 1\)"
+    for call in (lambda: fake_quantize(x, spec), lambda: quantize_tensor(x, spec), lambda: reduce_range(x, spec)):
+        with pytest.raises(ValueError, match=msg):
+            call()
+
+
+def test_negative_channel_axis_counts_from_the_end():
+    x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(1))
+    for neg, pos in [(-1, 2), (-2, 1), (-3, 0)]:
+        a = quantize_tensor(x, QSpec(4, granularity="channel", axis=neg))
+        b = quantize_tensor(x, QSpec(4, granularity="channel", axis=pos))
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale)
+        assert torch.equal(fake_quantize(x, QSpec(4, granularity="channel", axis=neg)),
+                           fake_quantize(x, QSpec(4, granularity="channel", axis=pos)))
+
+
+def test_channel_granularity_needs_a_dimension_and_an_int_axis():
+    with pytest.raises(ValueError, match="at least one dimension, got a 0-d tensor"):
+        fake_quantize(torch.tensor(1.5), QSpec(8, granularity="channel"))
+    with pytest.raises(TypeError, match="axis must be an int, got str"):
+        QSpec(8, granularity="channel", axis="1")
+
+
+@pytest.mark.parametrize("shape, spec", [((0,), QSpec(8)), ((3, 0), QSpec(4, granularity="channel")),
+                                         ((0, 4), QSpec(4, granularity="channel")),
+                                         ((0, 4), QSpec(4, granularity="group", group_size=2)),
+                                         ((2, 0, 3), QSpec(8, symmetric=False))])
+def test_an_empty_tensor_fake_quantizes_to_an_empty_tensor(shape, spec):
+    x = torch.empty(shape, dtype=torch.float16)
+    out = fake_quantize(x, spec)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("shape, spec", [((0,), QSpec(8)), ((3, 0), QSpec(4, granularity="channel"))])
+def test_an_empty_slice_has_no_range(shape, spec):
+    x = torch.empty(shape)
+    for call in (quantize_tensor, reduce_range):
+        with pytest.raises(ValueError, match=rf"{call.__name__}: x is empty \(shape {re.escape(str(shape))}\).*no range"):
+            call(x, spec)
+
+
+def test_an_empty_tensor_with_no_slices_quantizes_to_nothing():
+    qt = quantize_tensor(torch.empty(0, 4), QSpec(4, granularity="channel"))
+    assert qt.codes.shape == (0, 4) and qt.scale.numel() == 0 and qt.dequantize().shape == (0, 4)
