@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from labkit.validation import check_int
+
 from .bpr import bpr_batches, bpr_loss
 from .edges import bipartite_edge_index
 from .propagation import lightgcn_adjacency
@@ -67,20 +69,14 @@ class LightGCNConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_neg"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), 1)
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size)
+            check_int("batch_size", self.batch_size, 1)
         for name in ("lr", "init_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LightGCNConfig: {name} must be > 0, got {getattr(self, name)}")
         if self.l2 < 0:
             raise ValueError(f"LightGCNConfig: l2 must be >= 0, got {self.l2}")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be an int > 0, got {value!r}")
-    return value
 
 
 def check_ids(name: str, ids: torch.Tensor, upper: int) -> torch.Tensor:
@@ -106,7 +102,7 @@ def bipartite_adjacency(train: torch.Tensor, n_users: int, n_items: int) -> torc
     Returns:
         (N, N) sparse CSR float32, users first, item ``i`` at row ``U + i``.
     """
-    n_users, n_items = _positive_int("n_users", n_users), _positive_int("n_items", n_items)
+    n_users, n_items = check_int("n_users", n_users, 1), check_int("n_items", n_items, 1)
     return lightgcn_adjacency(bipartite_edge_index(train, n_users, n_items), n_users + n_items)
 
 
@@ -125,16 +121,16 @@ class LightGCN(nn.Module):
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, *, dim: int = 64, n_layers: int = 3,
                  init_std: float = 0.1, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.n_users = _positive_int("n_users", n_users)
-        self.n_items = _positive_int("n_items", n_items)
-        self.n_layers = _positive_int("n_layers (K)", n_layers)
+        self.n_users = check_int("n_users", n_users, 1)
+        self.n_items = check_int("n_items", n_items, 1)
+        self.n_layers = check_int("n_layers", n_layers, 1)
         n = n_users + n_items
         if not isinstance(adj, torch.Tensor) or adj.layout not in (torch.sparse_csr, torch.sparse_coo, torch.strided):
             raise TypeError("adj must be a (sparse) tensor")
         if tuple(adj.shape) != (n, n):
             raise ValueError(f"adj must have shape (N, N) = ({n}, {n}) for U + I nodes, got {tuple(adj.shape)}")
         self.adj = adj
-        weight = torch.randn(n, _positive_int("dim", dim), generator=generator) * init_std
+        weight = torch.randn(n, check_int("dim", dim, 1), generator=generator) * init_std
         self.embedding = nn.Parameter(weight)  # E^(0): (N, d)
 
     @classmethod

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.validation import check_int
+
 from .interactions import Interactions, NegativeSampler
-from .lightgcn import _positive_int, check_ids
+from .lightgcn import check_ids
 from .train import EpochTiming, FitResult, adam, fit, time_epoch
 
 __all__ = ["ItemNeighbours", "UltraGCN", "UltraGCNConfig", "UltraGCNGraph", "constraint_weights",
@@ -72,7 +74,7 @@ class UltraGCNConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "batch_size", "n_neg", "n_neighbours"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), 1)
         for name in ("lr", "init_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"UltraGCNConfig: {name} must be > 0, got {getattr(self, name)}")
@@ -90,7 +92,8 @@ def _check_pairs(train: torch.Tensor, n_users: int, n_items: int) -> None:
 
 def interaction_degrees(train: torch.Tensor, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Degrees ``d_u`` (U,) and ``d_i`` (I,) of the training graph, float32."""
-    _positive_int("n_users", n_users), _positive_int("n_items", n_items)
+    check_int("n_users", n_users, 1)
+    check_int("n_items", n_items, 1)
     _check_pairs(train, n_users, n_items)
     return (torch.bincount(train[0], minlength=n_users).float(), torch.bincount(train[1], minlength=n_items).float())
 
@@ -107,6 +110,11 @@ def constraint_weights(users: torch.Tensor, items: torch.Tensor, user_deg: torch
     check_ids("items", items, item_deg.numel())
     if items.shape[:1] != users.shape:
         raise ValueError(f"items {tuple(items.shape)} must start with the users' shape {tuple(users.shape)}")
+    return _beta(users, items, user_deg, item_deg)
+
+
+def _beta(users: torch.Tensor, items: torch.Tensor, user_deg: torch.Tensor, item_deg: torch.Tensor) -> torch.Tensor:
+    """:func:`constraint_weights` on ids already checked (no host sync: the training step uses it)."""
     d_u = user_deg[users].clamp(min=1.0).reshape(users.shape + (1,) * (items.dim() - 1))  # broadcast over n
     d_i = item_deg[items]
     # Sec. 3.1: beta_{u,i} = 1/d_u * sqrt((d_u + 1) / (d_i + 1))
@@ -145,10 +153,11 @@ def item_item_neighbours(train: torch.Tensor, n_users: int, n_items: int, *, k: 
     Returns:
         :class:`ItemNeighbours`, ``index`` (I, k) int64 and ``weight`` (I, k) float32, heaviest first.
     """
-    _positive_int("n_users", n_users), _positive_int("n_items", n_items), _positive_int("max_pairs", max_pairs)
+    check_int("n_users", n_users, 1)
+    check_int("n_items", n_items, 1)
+    check_int("max_pairs", max_pairs, 1)
     _check_pairs(train, n_users, n_items)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k < n_items:
-        raise ValueError(f"k must be an int with 0 < k < n_items={n_items}, got {k!r}")
+    check_int("k", k, 1, n_items - 1)  # 0 < k < I
     users, items = train.cpu()
     d_u = torch.bincount(users, minlength=n_users)
     d_i = torch.bincount(items, minlength=n_items)
@@ -166,8 +175,8 @@ def item_item_neighbours(train: torch.Tensor, n_users: int, n_items: int, *, k: 
     while a < n_items:  # one chunk of items [a, b) per round
         lo = int(item_ptr[a])
         base = int(work[lo - 1]) if lo > 0 else 0
-        fit = int(torch.searchsorted(work, torch.tensor(base + max_pairs), right=True))  # entries within budget
-        b = max(a + 1, int(torch.searchsorted(item_end, torch.tensor(fit), right=True)))  # items wholly within
+        n_within = int(torch.searchsorted(work, torch.tensor(base + max_pairs), right=True))  # entries within budget
+        b = max(a + 1, int(torch.searchsorted(item_end, torch.tensor(n_within), right=True)))  # items wholly within
         hi = int(item_end[b - 1])
         owner = torch.repeat_interleave(torch.arange(a, b), d_i[a:b])   # item of each (item, user) entry
         nbr_users = item_users[lo:hi]
@@ -269,8 +278,8 @@ class UltraGCN(nn.Module):
     def __init__(self, n_users: int, n_items: int, *, dim: int = 64, init_std: float = 1e-4,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.n_users, self.n_items = _positive_int("n_users", n_users), _positive_int("n_items", n_items)
-        dim = _positive_int("dim", dim)
+        self.n_users, self.n_items = check_int("n_users", n_users, 1), check_int("n_items", n_items, 1)
+        dim = check_int("dim", dim, 1)
         self.user_embedding = nn.Parameter(torch.randn(n_users, dim, generator=generator) * init_std)  # (U, d)
         self.item_embedding = nn.Parameter(torch.randn(n_items, dim, generator=generator) * init_std)  # (I, d)
 
@@ -308,6 +317,11 @@ def ultragcn_loss(model: UltraGCN, users: torch.Tensor, pos: torch.Tensor, neg: 
     from :func:`ultragcn_graph`, on the model's device; ``cfg`` holds lambda (``constraint_weight``),
     gamma (``item_weight``), ``neg_weight`` and ``l2``. Returns the scalar loss and its terms,
     detached (``L_I`` only when gamma > 0).
+
+    The ids are trusted, not range-checked: a check reads their minimum and maximum, a host sync
+    each on a GPU, at every step. :func:`train_ultragcn`, :func:`ultragcn_epoch` and
+    :func:`time_ultragcn_epoch` check the training pairs once; the negatives come from a
+    :class:`NegativeSampler` over the model's items. Only the cheap shape checks run here.
     """
     if neg.dim() != 2 or pos.shape != users.shape or neg.shape[0] != users.shape[0]:
         raise ValueError(f"expected users (B,), pos (B,), neg (B, n); got {tuple(users.shape)}, "
@@ -316,13 +330,13 @@ def ultragcn_loss(model: UltraGCN, users: torch.Tensor, pos: torch.Tensor, neg: 
     use_items = cfg.item_weight > 0
     # one gather for every item the batch scores: its positive, negatives and (with gamma) neighbours
     cand = [pos.unsqueeze(1), neg] + ([graph.neighbours.index[pos]] if use_items else [])
-    e_u = model.users(users)                                     # (B, d)
-    e_c = model.items(torch.cat(cand, dim=1))                    # (B, 1 + n [+ K], d)
+    e_u = F.embedding(users, model.user_embedding)               # (B, d)
+    e_c = F.embedding(torch.cat(cand, dim=1), model.item_embedding)  # (B, 1 + n [+ K], d)
     scores = (e_c * e_u.unsqueeze(1)).sum(-1)                    # (B, 1 + n [+ K]); cheaper than bmm on CPU
     pos_scores, neg_scores = scores[:, 0], scores[:, 1:1 + n_neg]
     l_o = main_loss(pos_scores, neg_scores, neg_weight=cfg.neg_weight)
-    beta_pos = constraint_weights(users, pos, graph.user_deg, graph.item_deg)
-    beta_neg = constraint_weights(users, neg, graph.user_deg, graph.item_deg)
+    beta_pos = _beta(users, pos, graph.user_deg, graph.item_deg)
+    beta_neg = _beta(users, neg, graph.user_deg, graph.item_deg)
     l_c = user_item_constraint_loss(pos_scores, neg_scores, beta_pos, beta_neg, neg_weight=cfg.neg_weight)
     loss = l_o + cfg.constraint_weight * l_c
     parts = {"L_O": l_o.detach(), "L_C": l_c.detach()}
@@ -352,7 +366,11 @@ def _update(model: UltraGCN, optimizer: torch.optim.Optimizer, train: torch.Tens
 def ultragcn_step(model: UltraGCN, optimizer: torch.optim.Optimizer, train: torch.Tensor, graph: UltraGCNGraph,
                   cfg: UltraGCNConfig, *, generator: torch.Generator | None = None,
                   sampler: NegativeSampler | None = None) -> float:
-    """One training step on ``cfg.batch_size`` pairs drawn at random (what an epoch repeats)."""
+    """One training step on ``cfg.batch_size`` pairs drawn at random (what an epoch repeats).
+
+    ``train`` is not checked here (see :func:`ultragcn_loss`); :func:`time_ultragcn_epoch`, which
+    repeats this step, checks it once.
+    """
     idx = torch.randint(train.shape[1], (min(cfg.batch_size, train.shape[1]),), generator=generator)
     sampler = sampler if sampler is not None else NegativeSampler(train, model.n_items)
     return float(_update(model, optimizer, train, idx, graph, cfg, sampler, generator))
@@ -366,6 +384,7 @@ def ultragcn_epoch(model: UltraGCN, optimizer: torch.optim.Optimizer, train: tor
     Batches are drawn on the CPU with ``generator`` and moved to the model's device; pass a
     ``sampler`` to reuse one across epochs.
     """
+    _check_pairs(train, model.n_users, model.n_items)  # once per epoch, not per step
     sampler = sampler if sampler is not None else NegativeSampler(train, model.n_items)
     order = torch.randperm(train.shape[1], generator=generator)
     losses = [_update(model, optimizer, train, order[start:start + cfg.batch_size], graph, cfg, sampler, generator)
@@ -393,6 +412,7 @@ def time_ultragcn_epoch(data: Interactions, cfg: UltraGCNConfig, *, max_steps: i
                         graph: UltraGCNGraph | None = None) -> EpochTiming:
     """Seconds per UltraGCN epoch (``ceil(E / batch_size)`` steps) from a few steps; ``graph`` is reused if given."""
     gen = torch.Generator().manual_seed(seed)
+    _check_pairs(data.train, data.n_users, data.n_items)
     if graph is None:
         graph = ultragcn_graph(data.train, data.n_users, data.n_items, n_neighbours=cfg.n_neighbours)
     graph = graph.to(device)

@@ -100,6 +100,15 @@ def test_bad_number_of_layers(bad: int) -> None:
         LightGCNConfig(n_layers=bad)
 
 
+def test_wrong_types_raise_type_errors() -> None:
+    with pytest.raises(TypeError, match="n_layers must be an int, got float"):
+        LightGCNConfig(n_layers=1.5)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        LightGCN(2, 3, bipartite_adjacency(PAIRS, 2, 3), dim=None)
+    with pytest.raises(TypeError, match="n_items must be an int"):
+        bipartite_adjacency(PAIRS, 2, 3.0)
+
+
 def test_bad_config_values() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         LightGCNConfig(batch_size=0)

@@ -132,8 +132,40 @@ def test_epoch_timing_counts_steps(tiny) -> None:
 
 @pytest.mark.parametrize("k", [0, -2, 3])
 def test_bad_number_of_neighbours(k: int) -> None:
-    with pytest.raises(ValueError, match="k must be an int with 0 < k < n_items=3"):
+    with pytest.raises(ValueError, match=r"k must be in \[1, 2\], got"):  # 0 < k < n_items = 3
         item_item_neighbours(PAIRS, 2, 3, k=k)
+
+
+def test_wrong_types_raise_type_errors() -> None:
+    with pytest.raises(TypeError, match="k must be an int, got float"):
+        item_item_neighbours(PAIRS, 2, 3, k=1.0)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        UltraGCN(2, 3, dim=2.0)
+    with pytest.raises(TypeError, match="n_neg must be an int"):
+        UltraGCNConfig(n_neg=True)
+    with pytest.raises(TypeError, match="n_users must be an int"):
+        interaction_degrees(PAIRS, "2", 3)
+
+
+def test_the_loss_checks_no_ids_and_the_epoch_checks_them_once(monkeypatch) -> None:
+    import labkit.graphs.ultragcn as ultragcn
+
+    cfg = UltraGCNConfig(dim=4, batch_size=4, n_neg=2, n_neighbours=1)
+    graph = ultragcn_graph(PAIRS, 2, 3, n_neighbours=1)
+    model = UltraGCN(2, 3, dim=4, generator=torch.Generator().manual_seed(0))
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([2, 1]), torch.tensor([[0, 1], [0, 2]])
+    expected, _ = ultragcn_loss(model, users, pos, neg, graph, cfg)
+
+    calls = []
+    monkeypatch.setattr(ultragcn, "check_ids", lambda name, ids, upper: calls.append(name) or ids)
+    loss, _ = ultragcn_loss(model, users, pos, neg, graph, cfg)
+    assert calls == [] and torch.equal(loss, expected)  # a range check is a host sync per call on a GPU
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ultragcn.ultragcn_epoch(model, opt, PAIRS, graph, cfg, generator=torch.Generator().manual_seed(0))
+    assert calls == ["train users", "train items"]  # once per epoch, not per step
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"train items must lie in \[0, 3\)"):
+        ultragcn.ultragcn_epoch(model, opt, torch.tensor([[0, 1], [1, 3]]), graph, cfg)
 
 
 def test_bad_ids() -> None:
