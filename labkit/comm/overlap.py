@@ -42,6 +42,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from labkit.validation import check_int
+
 from .costmodel import AlphaBeta, collective_time
 
 __all__ = [
@@ -53,14 +55,6 @@ __all__ = [
 Event = dict[str, Any]  # {"chunk": i, "kind": "compute" | "comm", "start": s, "end": s}
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def chunk_rows(m: int, *, chunks: int) -> list[tuple[int, int]]:
     """Split M output rows into ``chunks`` equal, contiguous row ranges ``[start, stop)``.
 
@@ -69,7 +63,7 @@ def chunk_rows(m: int, *, chunks: int) -> list[tuple[int, int]]:
 
     Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
-    m, chunks = _positive_int(m, "m"), _positive_int(chunks, "chunks")
+    m, chunks = check_int("m", m, 1), check_int("chunks", chunks, 1)
     if m % chunks:
         raise ValueError(f"chunks={chunks} must divide the m={m} output rows")
     step = m // chunks
@@ -85,9 +79,8 @@ def make_shards(rank: int, *, m: int, k: int, n: int, seed: int) -> tuple[torch.
     Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     for value, name in ((m, "m"), (k, "k"), (n, "n")):
-        _positive_int(value, name)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        check_int(name, value, 1)
+    check_int("rank", rank, 0)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + rank)
     x = torch.randint(-2, 3, (m, k), generator=gen).float()  # [M, K]
     w = torch.randint(-2, 3, (k, n), generator=gen).float()  # [K, N]
@@ -284,14 +277,13 @@ def overlap_study(rank: int, world_size: int, *, m: int, k: int, n: int, repeats
     Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     _check_world(world_size)
-    counts = tuple(_positive_int(c, "chunk_counts") for c in chunk_counts)
+    counts = tuple(check_int("chunk_counts", c, 1) for c in chunk_counts)
     if not counts:
         raise ValueError("chunk_counts must hold at least one chunk count")
     for c in counts:
         chunk_rows(m, chunks=c)
-    repeats = _positive_int(repeats, "repeats")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    repeats = check_int("repeats", repeats, 1)
+    warmup = check_int("warmup", warmup, 0)
     if not isinstance(links, dict) or not links:
         raise TypeError("links must be a non-empty dict of name -> AlphaBeta or None")
     for name, link in links.items():
@@ -353,7 +345,7 @@ def overlap_study(rank: int, world_size: int, *, m: int, k: int, n: int, repeats
 def _one_variant(rank: int, world_size: int, *, m: int, k: int, n: int, repeats: int, seed: int,
                  link: AlphaBeta | None, chunks: int | None) -> dict[str, Any]:
     _check_world(world_size)
-    repeats = _positive_int(repeats, "repeats")
+    repeats = check_int("repeats", repeats, 1)
     if chunks is not None:
         chunk_rows(m, chunks=chunks)
     torch.set_num_threads(1)

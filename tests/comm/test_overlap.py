@@ -73,8 +73,10 @@ def test_make_shards_are_small_integers_and_reproducible() -> None:
     assert not torch.equal(make_shards(0, m=5, k=3, n=4, seed=7)[0], x)
     with pytest.raises(ValueError, match="k must be >= 1"):
         make_shards(0, m=5, k=0, n=4, seed=7)
-    with pytest.raises(ValueError, match="rank must be"):
+    with pytest.raises(ValueError, match="rank must be >= 0"):
         make_shards(-1, m=5, k=3, n=4, seed=7)
+    with pytest.raises(TypeError, match="rank must be an int, got float"):  # a wrong type is a TypeError
+        make_shards(1.0, m=5, k=3, n=4, seed=7)
 
 
 def test_overlap_efficiency_by_hand() -> None:
