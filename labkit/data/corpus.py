@@ -21,7 +21,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,9 @@ class TextCorpus:
         files_train: relative paths of the files in ``train``, in order.
         files_val: relative paths of the files in ``val``, in order.
         vocab_size: number of token values (256 for bytes).
+        source: how the corpus was built, the same on every Python version (e.g. the arguments
+            of :func:`stdlib_corpus`), for the cache keys of models trained on it; ``""`` for a
+            corpus built by hand (keys then use its content).
 
     Section: chapter "sequence", the byte-level GPT lab animal.
     """
@@ -57,6 +60,7 @@ class TextCorpus:
     files_train: tuple[str, ...]
     files_val: tuple[str, ...]
     vocab_size: int = 256
+    source: str = ""
 
     def __post_init__(self) -> None:
         for name in _SPLITS:
@@ -191,16 +195,18 @@ def stdlib_corpus(*, max_bytes: int = 3_000_000, val_fraction: float = 0.1, seed
         format=_FORMAT_VERSION,
     )
     path = cache_dir("corpus") / f"stdlib-{key}.pt"
+    source = (f"stdlib_corpus(max_bytes={max_bytes}, val_fraction={float(val_fraction)}, seed={seed}, "
+              f"format={_FORMAT_VERSION})")  # what the corpus is made of, not the bytes this Python has
     if path.exists():
         try:
-            return _from_record(torch.load(path, weights_only=True))
+            return replace(_from_record(torch.load(path, weights_only=True)), source=source)
         except Exception:  # a truncated or stale file: rebuild it below
             pass
     corpus = _build(stdlib, max_bytes=max_bytes, val_fraction=float(val_fraction), seed=seed)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(_to_record(corpus), tmp)
     os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
-    return corpus
+    return replace(corpus, source=source)
 
 
 def _list_sources(stdlib: Path) -> list[tuple[str, int]]:

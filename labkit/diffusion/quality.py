@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from labkit.artifacts import load_or_train
+from labkit.artifacts import load_or_train, state_shapes
 from labkit.runtime import seed_everything
 
 from .train import digits_split
@@ -136,9 +136,10 @@ def pretrained_classifier(seed: int = 0, *, epochs: int = 30, verbose: bool = Tr
         state["__test_accuracy__"] = torch.tensor(acc, dtype=torch.float64)
         return state
 
-    state = load_or_train("digit_classifier", fields, run, verbose=verbose)
-    acc = float(state.pop("__test_accuracy__"))
     model = DigitClassifier(init_seed=seed)
+    state = load_or_train("digit_classifier", fields, run, verbose=verbose,
+                          expected={**state_shapes(model), "__test_accuracy__": torch.Size([])})
+    acc = float(state.pop("__test_accuracy__"))
     model.load_state_dict(state)
     return ClassifierResult(model=model.eval(), test_accuracy=acc)
 

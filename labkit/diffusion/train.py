@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from labkit.artifacts import load_or_train
+from labkit.artifacts import load_or_train, state_shapes
 from labkit.data.synthetic import digits
 from labkit.runtime import seed_everything
 from labkit.tiers import validate_tier
@@ -264,9 +264,10 @@ def pretrained_ddpm(cfg: UNetConfig = UNetConfig(), train_cfg: DiffusionTrainCon
         state["__history__"] = torch.tensor(res.history, dtype=torch.float64)
         return state
 
-    state = load_or_train("tiny_ddpm", fields, run, verbose=verbose)
-    history = state.pop("__history__")
     model = TinyUNet(cfg, init_seed=seed)
+    state = load_or_train("tiny_ddpm", fields, run, expected={**state_shapes(model), "__history__": None},
+                          verbose=verbose)
+    history = state.pop("__history__")
     model.load_state_dict(state)
     model.to(device).eval()
     rows = [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in history.tolist()]

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from labkit.artifacts import load_or_train
+from labkit.artifacts import load_or_train, state_shapes
 from labkit.data.corpus import TextCorpus
 from labkit.runtime import seed_everything
 from labkit.validation import check_int
@@ -150,9 +150,14 @@ def pretrained_gpt(cfg: GPTConfig, corpus: TextCorpus, train: TrainConfig, *, se
     """Like :func:`train_gpt`, but trained once per (config, recipe, corpus, seed) and then loaded.
 
     The history travels with the weights, so a loaded model reports the curve it was trained with.
+    A corpus with a ``source`` (e.g. :func:`labkit.data.corpus.stdlib_corpus`) is identified by
+    how it was built, not by its bytes, so the weights committed with labkit (trained on one
+    Python's standard library) are found on every Python version; their history is that of the
+    machine that trained them. A corpus without one is identified by its content.
     """
-    fields = {"cfg": cfg.as_dict(), "train": asdict(train), "seed": seed, "corpus": repr(corpus), "version": WEIGHTS_VERSION,
-              "files": corpus.files_val[:5]}
+    source = getattr(corpus, "source", "")
+    data = {"corpus": source} if source else {"corpus": repr(corpus), "files": corpus.files_val[:5]}
+    fields = {"cfg": cfg.as_dict(), "train": asdict(train), "seed": seed, "version": WEIGHTS_VERSION, **data}
 
     def run() -> dict:
         res = train_gpt(cfg, corpus, train, seed=seed, device=device, progress=progress)
@@ -160,9 +165,10 @@ def pretrained_gpt(cfg: GPTConfig, corpus: TextCorpus, train: TrainConfig, *, se
         state["__history__"] = torch.tensor(res.history, dtype=torch.float64)
         return state
 
-    state = load_or_train("tiny_gpt", fields, run, verbose=verbose)
-    history = state.pop("__history__")
     model = GPT(cfg)
+    state = load_or_train("tiny_gpt", fields, run, expected={**state_shapes(model), "__history__": None},
+                          verbose=verbose)
+    history = state.pop("__history__")
     model.load_state_dict(state)
     model.to(device).eval()
     rows = [(int(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in history.tolist()]

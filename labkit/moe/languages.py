@@ -30,6 +30,7 @@ Section: chapter 05, "Post-MoE: where routing turns language-specific".
 
 from __future__ import annotations
 
+import hashlib
 import string
 from dataclasses import dataclass
 
@@ -111,6 +112,8 @@ class MultiLanguageCorpus:
         train, val: (M, L_train) and (M, L_val) uint8, row m is language m.
         languages: the M :class:`Language` objects.
         files_val: validation files of the source corpus (for cache keys).
+        source: how it was built, independent of the Python version (for cache keys); ``""``
+            when the source corpus has none.
     """
 
     train: torch.Tensor
@@ -118,6 +121,7 @@ class MultiLanguageCorpus:
     languages: tuple[Language, ...]
     files_val: tuple[str, ...]
     vocab_size: int = 256
+    source: str = ""
 
     def __repr__(self) -> str:
         names = ",".join(lang.name for lang in self.languages)
@@ -187,8 +191,12 @@ def multilanguage_corpus(corpus: TextCorpus, *, languages: tuple[Language, ...] 
         rows = [torch.frombuffer(bytearray(blob.translate(lang.table)), dtype=torch.uint8) for lang in languages]
         return torch.stack(rows)  # (M, L)
 
+    source = ""
+    if corpus.source:
+        tables = hashlib.sha256(b"".join(lang.name.encode() + lang.table for lang in languages)).hexdigest()[:16]
+        source = f"multilanguage_corpus({corpus.source}, languages={tables}, max_bytes={max_bytes})"
     return MultiLanguageCorpus(train=translate(train), val=translate(corpus.val), languages=languages,
-                               files_val=corpus.files_val)
+                               files_val=corpus.files_val, source=source)
 
 
 def shared_byte_mask(tokens: torch.Tensor, languages: tuple[Language, ...]) -> torch.Tensor:
