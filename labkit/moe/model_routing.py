@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from labkit.data.corpus import FILE_SEPARATOR, TextCorpus
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tokens
 
 __all__ = ["DOMAINS", "DomainCorpus", "MemoryTier", "NGramLM", "QuerySet", "ServingCost", "coe_serving_time",
            "domain_corpus", "fit_ngram", "mixed_queries"]
@@ -195,7 +195,10 @@ class NGramLM:
         Returns:
             (Q, L) float64 log2 probabilities.
         """
-        tokens = _check_tokens(tokens)
+        return self._log2_probs(check_tokens("tokens", tokens, dims=2, shape="(Q, L) of bytes", min_length=1))
+
+    def _log2_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`log2_probs` of tokens already checked (int64 bytes, (Q, L))."""
         prob = torch.full(tokens.shape, 1 / 256, dtype=torch.float64)
         for k, (keys, counts, contexts, totals, backoff) in enumerate(self.tables, start=1):
             if k > tokens.shape[1] or contexts.numel() == 0:
@@ -217,9 +220,9 @@ class NGramLM:
         Returns:
             (Q,) float64.
         """
-        tokens = _check_tokens(tokens)
+        tokens = check_tokens("tokens", tokens, dims=2, shape="(Q, L) of bytes", min_length=1)
         check_int("start", start, 0, tokens.shape[1] - 1)
-        return -self.log2_probs(tokens)[:, start:].mean(dim=1)
+        return -self._log2_probs(tokens)[:, start:].mean(dim=1)
 
 
 def _table(keys: torch.Tensor, counts: torch.Tensor, discount: float,
@@ -235,15 +238,6 @@ def _table(keys: torch.Tensor, counts: torch.Tensor, discount: float,
     return keys, counts, contexts, total, 1 - kept / total  # gamma(h): the mass left for the lower order
 
 
-def _check_tokens(tokens: object) -> torch.Tensor:
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point() \
-            or tokens.dtype == torch.bool or tokens.shape[1] == 0:
-        raise ValueError("tokens must be a non-empty 2-D integer tensor (Q, L) of bytes")
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) > 255):
-        raise ValueError("tokens must be bytes in [0, 255]")
-    return tokens.long()
-
-
 def fit_ngram(data: torch.Tensor, *, order: int, discount: float = 0.75, max_params: int | None = None) -> NGramLM:
     """Count the n-grams of orders 1..``order`` of one byte stream.
 
@@ -257,13 +251,11 @@ def fit_ngram(data: torch.Tensor, *, order: int, discount: float = 0.75, max_par
         An :class:`NGramLM`; ``truncate(k)`` gives the order-k model of the same counts.
     """
     check_int("order", order, 1, _MAX_ORDER)
-    if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.is_floating_point():
-        raise ValueError("data must be a 1-D integer tensor of bytes")
-    if data.numel() <= order:
-        raise ValueError(f"data must be longer than order={order}, got {data.numel()} bytes")
+    x = check_tokens("data", data, dims=1, shape="of bytes")
+    if x.numel() <= order:
+        raise ValueError(f"data must be longer than order={order}, got {x.numel()} bytes")
     if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 < discount < 1:
         raise ValueError(f"discount must be in (0, 1), got {discount!r}")
-    x = _check_tokens(data[None])[0]
     tables = []
     for k in range(1, order + 1):
         keys, counts = torch.unique(_contexts(x[None], k)[0] * 256 + x[k - 1:], return_counts=True)

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tokens
 
-from .model_routing import NGramLM, _check_tokens
+from .model_routing import NGramLM
 
 __all__ = ["ExpertRouter", "FrontierMargins", "MoGURouter", "RoutingCurve", "SafetyMetrics", "SafetyTask",
            "fit_gain_predictor", "frontier_margins", "make_safety_task", "mogu_logits", "prompt_features",
@@ -74,7 +74,7 @@ def prompt_features(tokens: torch.Tensor, *, prompt_len: int, models: Sequence[N
     Returns:
         (Q, 256 + len(models) + 1) float32.
     """
-    tokens = _check_tokens(tokens)
+    tokens = check_tokens("tokens", tokens, dims=2, shape="(Q, L) of bytes", min_length=1)
     check_int("prompt_len", prompt_len, 1, tokens.shape[1])
     if not all(isinstance(m, NGramLM) for m in models):
         raise TypeError("models must be NGramLM instances")

@@ -105,7 +105,7 @@ def test_ngram_rejects_bad_input() -> None:
         fit_ngram(data, order=8)
     with pytest.raises(TypeError, match="order must be an int"):
         fit_ngram(data, order=2.0)
-    with pytest.raises(ValueError, match="1-D integer tensor"):
+    with pytest.raises(TypeError, match="data must be a 1-D integer tensor"):  # a wrong dtype is a TypeError
         fit_ngram(data.float(), order=2)
     with pytest.raises(ValueError, match="longer than order"):
         fit_ngram(data[:2], order=3)
@@ -114,8 +114,12 @@ def test_ngram_rejects_bad_input() -> None:
     model = fit_ngram(data, order=2)
     with pytest.raises(ValueError, match="2-D integer tensor"):
         model.log2_probs(torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"bytes in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"integers in \[0, 255\]"):
         model.log2_probs(torch.tensor([[256]]))
+    with pytest.raises(ValueError, match="at least 1 token"):
+        model.bits_per_byte(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"tokens must be a 2-D integer tensor \(Q, L\) of bytes"):
+        model.log2_probs([[1, 2]])
     with pytest.raises(ValueError, match="start must be in"):
         model.bits_per_byte(torch.zeros(1, 4, dtype=torch.long), start=4)
     with pytest.raises(ValueError, match="max_params must be >="):

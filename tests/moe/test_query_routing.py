@@ -33,8 +33,10 @@ def test_prompt_features_by_hand() -> None:
 def test_prompt_features_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="prompt_len must be in"):
         prompt_features(torch.zeros(2, 3, dtype=torch.long), prompt_len=4)
-    with pytest.raises(ValueError, match="2-D integer tensor"):
+    with pytest.raises(TypeError, match="2-D integer tensor"):  # float tokens: a wrong dtype
         prompt_features(torch.zeros(2, 3), prompt_len=2)
+    with pytest.raises(ValueError, match="2-D integer tensor"):
+        prompt_features(torch.zeros(3, dtype=torch.long), prompt_len=2)
     with pytest.raises(TypeError, match="NGramLM"):
         prompt_features(torch.zeros(2, 3, dtype=torch.long), prompt_len=2, models=["bigram"])
 
