@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tensor
 
 __all__ = ["affinity_counts", "affinity_placement", "conditional_affinity", "device_loads", "expert_paths",
            "round_robin_placement", "transfer_rate", "two_alltoall_rate"]
@@ -42,8 +42,7 @@ _MAX_EXACT_STATES = 5000
 
 
 def _check_paths(paths: torch.Tensor, n_experts: int | None = None) -> torch.Tensor:
-    if not isinstance(paths, torch.Tensor) or paths.dim() != 2 or paths.dtype != torch.int64:
-        raise ValueError(f"paths must be a 2-D int64 tensor (N, L), got {_describe(paths)}")
+    check_tensor("paths", paths, dims=2, dtype=torch.int64, shape="(N, L)")
     if paths.shape[1] < 2:
         raise ValueError(f"paths need at least two layers to have a layer boundary, got L={paths.shape[1]}")
     if paths.numel() and int(paths.min()) < 0:
@@ -51,12 +50,6 @@ def _check_paths(paths: torch.Tensor, n_experts: int | None = None) -> torch.Ten
     if n_experts is not None and paths.numel() and int(paths.max()) >= n_experts:
         raise ValueError(f"expert indices must lie in [0, {n_experts}), got max {int(paths.max())}")
     return paths
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
 
 
 def expert_paths(trace: torch.Tensor) -> torch.Tensor:
@@ -68,8 +61,7 @@ def expert_paths(trace: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, L) int64 paths; tokens whose first choice was dropped (-1) anywhere are left out.
     """
-    if not isinstance(trace, torch.Tensor) or trace.dim() not in (2, 3) or trace.dtype != torch.int64:
-        raise ValueError(f"trace must be an int64 tensor (N, L, k) or (N, L), got {_describe(trace)}")
+    check_tensor("trace", trace, dims=(3, 2), dtype=torch.int64, shape="(N, L, k) or (N, L)")
     paths = trace[..., 0] if trace.dim() == 3 else trace  # (N, L)
     return _check_paths(paths[(paths >= 0).all(dim=1)])
 
@@ -108,9 +100,9 @@ def conditional_affinity(counts: torch.Tensor) -> torch.Tensor:
 
 
 def _check_counts(counts: torch.Tensor) -> None:
-    if (not isinstance(counts, torch.Tensor) or counts.dim() != 3 or counts.shape[1] != counts.shape[2]
-            or not counts.is_floating_point()):
-        raise ValueError(f"counts must be a float tensor (L - 1, E, E), got {_describe(counts)}")
+    check_tensor("counts", counts, dims=3, dtype="float", shape="(L - 1, E, E)")
+    if counts.shape[1] != counts.shape[2]:
+        raise ValueError(f"counts must be (L - 1, E, E) with square E x E slices, got {tuple(counts.shape)}")
     if counts.numel() and bool((counts < 0).any()):
         raise ValueError("counts must be non-negative")
 
@@ -135,8 +127,7 @@ def round_robin_placement(n_layers: int, n_experts: int, n_devices: int) -> torc
 
 
 def _check_placement(placement: torch.Tensor, layers: int, n_experts: int) -> int:
-    if not isinstance(placement, torch.Tensor) or placement.dim() != 2 or placement.dtype != torch.int64:
-        raise ValueError(f"placement must be a 2-D int64 tensor (L, E), got {_describe(placement)}")
+    check_tensor("placement", placement, dims=2, dtype=torch.int64, shape="(L, E)")
     if tuple(placement.shape) != (layers, n_experts):
         raise ValueError(f"placement must be (L, E) = ({layers}, {n_experts}), got {tuple(placement.shape)}")
     if int(placement.min()) < 0:
@@ -158,8 +149,7 @@ def transfer_rate(paths: torch.Tensor, placement: torch.Tensor) -> torch.Tensor:
     Returns:
         (L - 1,) float64, fraction of tokens moved at each boundary.
     """
-    if not isinstance(placement, torch.Tensor) or placement.dim() != 2:
-        raise ValueError(f"placement must be a 2-D int64 tensor (L, E), got {_describe(placement)}")
+    check_tensor("placement", placement, dims=2, dtype=torch.int64, shape="(L, E)")
     _check_paths(paths, placement.shape[1])
     _check_placement(placement, paths.shape[1], placement.shape[1])
     device = torch.gather(placement.t(), 0, paths)  # (N, L): placement[l, paths[n, l]]
@@ -178,12 +168,12 @@ def two_alltoall_rate(paths: torch.Tensor, placement: torch.Tensor, home: torch.
     Returns:
         (L,) float64, mean transfers per token at each layer (0, 1 or 2 per token).
     """
-    if not isinstance(placement, torch.Tensor) or placement.dim() != 2:
-        raise ValueError(f"placement must be a 2-D int64 tensor (L, E), got {_describe(placement)}")
+    check_tensor("placement", placement, dims=2, dtype=torch.int64, shape="(L, E)")
     _check_paths(paths, placement.shape[1])
     _check_placement(placement, paths.shape[1], placement.shape[1])
-    if not isinstance(home, torch.Tensor) or home.shape != (paths.shape[0],) or home.dtype != torch.int64:
-        raise ValueError(f"home must be an int64 tensor ({paths.shape[0]},), got {_describe(home)}")
+    check_tensor("home", home, dims=1, dtype=torch.int64, shape=f"({paths.shape[0]},)")
+    if home.shape != (paths.shape[0],):
+        raise ValueError(f"home must be an int64 tensor ({paths.shape[0]},), got shape {tuple(home.shape)}")
     device = torch.gather(placement.t(), 0, paths)  # (N, L)
     return 2.0 * (device != home[:, None]).double().mean(dim=0)
 
@@ -197,8 +187,7 @@ def device_loads(paths: torch.Tensor, placement: torch.Tensor) -> torch.Tensor:
     Returns:
         (L, G) float64, rows sum to 1; G = ``placement.max() + 1``.
     """
-    if not isinstance(placement, torch.Tensor) or placement.dim() != 2:
-        raise ValueError(f"placement must be a 2-D int64 tensor (L, E), got {_describe(placement)}")
+    check_tensor("placement", placement, dims=2, dtype=torch.int64, shape="(L, E)")
     _check_paths(paths, placement.shape[1])
     n_devices = _check_placement(placement, paths.shape[1], placement.shape[1])
     device = torch.gather(placement.t(), 0, paths)  # (N, L)

@@ -27,7 +27,8 @@ import math
 import torch
 
 from labkit.backend import Op
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tensor
+from labkit.validation import describe as _describe  # the Triton launchers import it from here
 
 __all__ = [
     "expert_capacity",
@@ -43,17 +44,10 @@ __all__ = [
 
 
 def _check_logits(logits: torch.Tensor, top_k: int) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a 2-D float tensor (N, E), got {_describe(logits)}")
+    check_tensor("logits", logits, dims=2, dtype="float", shape="(N, E)")
     check_int("top_k", top_k, 1)
     if top_k > logits.shape[1]:
         raise ValueError(f"top_k={top_k} exceeds the number of experts n_experts={logits.shape[1]}")
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
 
 
 def topk_gating_reference(
@@ -130,8 +124,7 @@ def capacity_mask(experts: torch.Tensor, n_experts: int, capacity: int) -> torch
 
 def _check_experts(experts: torch.Tensor, n_experts: int) -> None:
     check_int("n_experts", n_experts, 1)
-    if not isinstance(experts, torch.Tensor) or experts.dim() != 2 or experts.dtype != torch.int64:
-        raise ValueError(f"experts must be a 2-D int64 tensor (N, k), got {_describe(experts)}")
+    check_tensor("experts", experts, dims=2, dtype=torch.int64, shape="(N, k)")
     if experts.numel() and (int(experts.min()) < 0 or int(experts.max()) >= n_experts):
         raise ValueError(f"expert indices must lie in [0, {n_experts}), got [{int(experts.min())}, {int(experts.max())}]")
 
@@ -153,8 +146,7 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Ten
     Shapes:
         probs (N, E), experts (N, k) -> scalar.
     """
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
-        raise ValueError(f"probs must be a 2-D tensor (N, E), got {_describe(probs)}")
+    check_tensor("probs", probs, dims=2, shape="(N, E)")
     n_experts = probs.shape[1]
     _check_experts(experts, n_experts)
     if experts.shape[0] != probs.shape[0]:
@@ -182,8 +174,7 @@ def permute_tokens_reference(experts: torch.Tensor, n_experts: int) -> tuple[tor
         experts (N, k) int64 -> order (A_kept,) int64, offsets (E + 1,) int64.
     """
     check_int("n_experts", n_experts, 1)
-    if not isinstance(experts, torch.Tensor) or experts.dim() != 2 or experts.dtype != torch.int64:
-        raise ValueError(f"experts must be a 2-D int64 tensor (N, k), got {_describe(experts)}")
+    check_tensor("experts", experts, dims=2, dtype=torch.int64, shape="(N, k)")
     flat = experts.reshape(-1)  # (A,)
     if flat.numel() and int(flat.max()) >= n_experts:
         raise ValueError(f"expert index {int(flat.max())} >= n_experts={n_experts}")

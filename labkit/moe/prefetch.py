@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tensor
 
 __all__ = ["CacheStats", "decode_time", "expert_requests", "simulate_cache"]
 
@@ -59,12 +59,6 @@ class CacheStats:
         return self.hits / self.requests if self.requests else 0.0
 
 
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
-
-
 def expert_requests(routes: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Number the experts of all layers ``l * E + e`` and lay a trace out as requests per token.
 
@@ -78,8 +72,7 @@ def expert_requests(routes: torch.Tensor, n_experts: int) -> torch.Tensor:
         layer, choices in order), -1 where an assignment was dropped.
     """
     check_int("n_experts", n_experts, 1)
-    if not isinstance(routes, torch.Tensor) or routes.dim() != 3 or routes.dtype != torch.int64:
-        raise ValueError(f"routes must be an int64 tensor (T, L, k), got {_describe(routes)}")
+    check_tensor("routes", routes, dims=3, dtype=torch.int64, shape="(T, L, k)")
     if routes.numel() and (int(routes.min()) < -1 or int(routes.max()) >= n_experts):
         raise ValueError(f"routes must hold experts in [0, {n_experts}) or -1, "
                          f"got [{int(routes.min())}, {int(routes.max())}]")
@@ -120,8 +113,7 @@ def simulate_cache(requests: torch.Tensor, *, capacity: int, policy: str, n_laye
     Returns:
         :class:`CacheStats`.
     """
-    if not isinstance(requests, torch.Tensor) or requests.dim() != 2 or requests.dtype != torch.int64:
-        raise ValueError(f"requests must be an int64 tensor (T, R), got {_describe(requests)}")
+    check_tensor("requests", requests, dims=2, dtype=torch.int64, shape="(T, R)")
     if requests.numel() and int(requests.min()) < -1:
         raise ValueError("requests must be expert ids >= 0, or -1 for a dropped assignment")
     check_int("capacity", capacity, 1)
@@ -197,9 +189,7 @@ def decode_time(loads_per_token: torch.Tensor, *, compute_s: float, load_s: floa
     Returns:
         Total seconds for the T tokens.
     """
-    if (not isinstance(loads_per_token, torch.Tensor) or loads_per_token.dim() != 2
-            or loads_per_token.is_floating_point()):
-        raise ValueError(f"loads_per_token must be an integer tensor (T, L), got {_describe(loads_per_token)}")
+    check_tensor("loads_per_token", loads_per_token, dims=2, dtype="integer", shape="(T, L)")
     if not compute_s > 0 or not load_s >= 0:
         raise ValueError(f"need compute_s > 0 and load_s >= 0, got {compute_s} and {load_s}")
     if not prefetch:

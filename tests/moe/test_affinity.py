@@ -91,8 +91,10 @@ def test_no_affinity_no_gain_on_fresh_paths() -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(ValueError, match="paths"):
+    with pytest.raises(TypeError, match="paths must be a 2-D int64 tensor"):  # a wrong dtype
         affinity_counts(torch.tensor([[0.0, 1.0]]), 2)
+    with pytest.raises(ValueError, match="paths must be a 2-D int64 tensor"):
+        affinity_counts(torch.tensor([0, 1]), 2)
     with pytest.raises(ValueError, match="two layers"):
         affinity_counts(torch.tensor([[0], [1]]), 2)
     with pytest.raises(ValueError, match="expert indices"):
@@ -111,6 +113,8 @@ def test_bad_inputs() -> None:
         transfer_rate(PATHS, round_robin_placement(2, 4, 2))
     with pytest.raises(ValueError, match="home"):
         two_alltoall_rate(PATHS, round_robin_placement(3, 4, 2), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="home"):
+        two_alltoall_rate(PATHS, round_robin_placement(3, 4, 2), [0, 1, 0])
     with pytest.raises(ValueError, match="trace"):
         expert_paths(torch.zeros(2, 2, 2, 2, dtype=torch.int64))
     counts = affinity_counts(PATHS, 4)
@@ -125,5 +129,5 @@ def test_bad_inputs() -> None:
 def test_device_loads_by_hand() -> None:
     loads = device_loads(PATHS, round_robin_placement(3, 4, 2))
     assert_close(loads, torch.tensor([[1.0, 0.0], [0.0, 1.0], [1 / 3, 2 / 3]], dtype=torch.float64))
-    with pytest.raises(ValueError, match="placement"):
+    with pytest.raises(TypeError, match="placement"):  # float devices: a wrong dtype
         device_loads(PATHS, torch.zeros(3, 4))

@@ -55,8 +55,10 @@ def test_topk_gating_rejects_bad_inputs() -> None:
         topk_gating_reference(torch.zeros(4, 2), 1.0)
     with pytest.raises(ValueError, match="2-D float tensor"):
         topk_gating_reference(torch.zeros(4), 1)
-    with pytest.raises(ValueError, match="2-D float tensor"):
+    with pytest.raises(TypeError, match="2-D float tensor"):  # a wrong dtype is a TypeError
         topk_gating_reference(torch.zeros(4, 2, dtype=torch.int64), 1)
+    with pytest.raises(TypeError, match=r"logits must be a 2-D float tensor \(N, E\), got list"):
+        topk_gating_reference([[0.0, 1.0]], 1)
 
 
 def test_expert_capacity_by_hand() -> None:
@@ -109,8 +111,10 @@ def test_capacity_mask_never_exceeds_capacity() -> None:
 def test_capacity_mask_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"expert indices must lie in \[0, 3\)"):
         capacity_mask(torch.tensor([[0, 3]]), 3, 2)
-    with pytest.raises(ValueError, match="2-D int64"):
+    with pytest.raises(TypeError, match="2-D int64"):
         capacity_mask(torch.tensor([[0, 1]], dtype=torch.int32), 3, 2)
+    with pytest.raises(ValueError, match="2-D int64"):
+        capacity_mask(torch.tensor([0, 1]), 3, 2)
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         capacity_mask(torch.tensor([[0, 1]]), 3, 0)
 
@@ -137,6 +141,8 @@ def test_load_balancing_loss_rejects_bad_inputs() -> None:
         load_balancing_loss(torch.full((3, 2), 0.5), torch.zeros(4, 1, dtype=torch.int64))
     with pytest.raises(ValueError, match="probs must be a 2-D tensor"):
         load_balancing_loss(torch.ones(3), torch.zeros(3, 1, dtype=torch.int64))
+    with pytest.raises(TypeError, match="probs must be a 2-D tensor"):
+        load_balancing_loss(None, torch.zeros(3, 1, dtype=torch.int64))
 
 
 def test_permute_tokens_by_hand() -> None:

@@ -105,7 +105,9 @@ def test_bad_inputs() -> None:
         simulate_cache(torch.zeros(2, 3, dtype=torch.int64), capacity=1, policy="lru", n_layers=2)
     with pytest.raises(ValueError, match="requests"):
         simulate_cache(torch.zeros(4, dtype=torch.int64), capacity=1, policy="lru", n_layers=1)
-    with pytest.raises(ValueError, match="loads_per_token"):
+    with pytest.raises(TypeError, match="loads_per_token"):  # float counts: a wrong dtype
         decode_time(torch.zeros(2, 2), compute_s=1.0, load_s=1.0, prefetch=True)
+    with pytest.raises(ValueError, match="loads_per_token"):
+        decode_time(torch.zeros(2, dtype=torch.int64), compute_s=1.0, load_s=1.0, prefetch=True)
     with pytest.raises(ValueError, match="compute_s"):
         decode_time(torch.zeros(2, 2, dtype=torch.int64), compute_s=0.0, load_s=1.0, prefetch=True)
