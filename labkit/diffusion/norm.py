@@ -36,15 +36,9 @@ import torch
 from torch.nn import functional as F
 
 from labkit.backend import Op
-from labkit.validation import check_int
+from labkit.validation import check_int, describe
 
 __all__ = ["check_group_norm_args", "group_norm_silu", "group_norm_silu_reference"]
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
 
 
 def check_group_norm_args(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -58,9 +52,9 @@ def check_group_norm_args(x: torch.Tensor, weight: torch.Tensor | None, bias: to
             ``weight`` or ``bias`` is not of shape (C,); ``eps`` is negative or not finite.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a tensor (B, C, *spatial), got {_describe(x)}")
+        raise TypeError(f"x must be a tensor (B, C, *spatial), got {describe(x)}")
     if x.dim() < 2:
-        raise ValueError(f"x must be (B, C, *spatial) with at least 2 dims, got {_describe(x)}")
+        raise ValueError(f"x must be (B, C, *spatial) with at least 2 dims, got {describe(x)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     check_int("num_groups", num_groups, 1)
@@ -71,7 +65,7 @@ def check_group_norm_args(x: torch.Tensor, weight: torch.Tensor | None, bias: to
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor of shape (C,) = ({channels},) or None, got {_describe(t)}")
+            raise TypeError(f"{name} must be a tensor of shape (C,) = ({channels},) or None, got {describe(t)}")
         if tuple(t.shape) != (channels,):
             raise ValueError(f"{name} must have shape (C,) = ({channels},), got {tuple(t.shape)}")
         if not t.is_floating_point():

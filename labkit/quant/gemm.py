@@ -43,7 +43,7 @@ import torch
 
 from labkit.backend import Op
 from labkit.quant.packing import unpack_int4
-from labkit.validation import check_int
+from labkit.validation import check_int, check_tensor
 
 __all__ = [
     "OUT_DTYPES",
@@ -60,22 +60,6 @@ OUT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloa
 _LOW_RANK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
-
-
-def _check_tensor(name: str, t: object, dims: int, dtypes: tuple[torch.dtype, ...], what: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor {what}, got {_describe(t)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)} {what}, got {t.dtype}")
-    if t.dim() != dims:
-        raise ValueError(f"{name} must be a {dims}-D tensor {what}, got shape {tuple(t.shape)}")
-    return t
-
-
 def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} {what}, got {tuple(t.shape)}")
@@ -84,7 +68,7 @@ def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...], what: str) 
 def _check_common(xq: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype, n_out: int,
                   others: list[torch.Tensor | None]) -> None:
     if bias is not None:
-        _check_tensor("bias", bias, 1, _LOW_RANK_DTYPES, "(N,)")
+        check_tensor("bias", bias, dims=1, dtype=_LOW_RANK_DTYPES, shape="(N,)")
         _check_shape("bias", bias, (n_out,), "(N,)")
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
@@ -96,13 +80,13 @@ def _check_common(xq: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.
 def check_w8a8(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, *,
                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> None:
     """Raise a clear ``TypeError``/``ValueError`` unless the arguments of :func:`w8a8_gemm` agree."""
-    _check_tensor("xq", xq, 2, (torch.int8,), "(M, K)")
-    _check_tensor("wq", wq, 2, (torch.int8,), "(N, K)")
+    check_tensor("xq", xq, dims=2, dtype=torch.int8, shape="(M, K)")
+    check_tensor("wq", wq, dims=2, dtype=torch.int8, shape="(N, K)")
     if xq.shape[1] != wq.shape[1]:
         raise ValueError(f"xq has K={xq.shape[1]} columns but wq has K={wq.shape[1]}")
-    _check_tensor("x_scale", x_scale, 1, (torch.float32,), "(M,), one scale per token")
+    check_tensor("x_scale", x_scale, dims=1, dtype=torch.float32, shape="(M,), one scale per token")
     _check_shape("x_scale", x_scale, (xq.shape[0],), "(M,), one scale per token")
-    _check_tensor("w_scale", w_scale, 1, (torch.float32,), "(N,), one scale per output channel")
+    check_tensor("w_scale", w_scale, dims=1, dtype=torch.float32, shape="(N,), one scale per output channel")
     _check_shape("w_scale", w_scale, (wq.shape[0],), "(N,), one scale per output channel")
     _check_common(xq, bias, out_dtype, wq.shape[0], [x_scale, wq, w_scale])
 
@@ -111,8 +95,8 @@ def check_w4a4(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scal
                group_size: int, lora_down_out: torch.Tensor | None = None, lora_up: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> None:
     """Raise a clear ``TypeError``/``ValueError`` unless the arguments of :func:`w4a4_gemm` agree."""
-    _check_tensor("xq", xq, 2, (torch.uint8,), "(M, K/2) of packed int4 pairs")
-    _check_tensor("wq", wq, 2, (torch.uint8,), "(N, K/2) of packed int4 pairs")
+    check_tensor("xq", xq, dims=2, dtype=torch.uint8, shape="(M, K/2) of packed int4 pairs")
+    check_tensor("wq", wq, dims=2, dtype=torch.uint8, shape="(N, K/2) of packed int4 pairs")
     if xq.shape[1] != wq.shape[1]:
         raise ValueError(f"xq has K/2={xq.shape[1]} packed columns but wq has K/2={wq.shape[1]}")
     n_rows, n_out, k = xq.shape[0], wq.shape[0], 2 * xq.shape[1]
@@ -123,16 +107,16 @@ def check_w4a4(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scal
         raise ValueError(f"group_size={group_size} must divide the unpacked width K={k}")
     n_groups = k // group_size
     what = f"(M, K/G) = ({n_rows}, {n_groups}), one scale per token and group"
-    _check_tensor("x_scale", x_scale, 2, (torch.float32,), what)
+    check_tensor("x_scale", x_scale, dims=2, dtype=torch.float32, shape=what)
     _check_shape("x_scale", x_scale, (n_rows, n_groups), what)
     what = f"(N, K/G) = ({n_out}, {n_groups}), one scale per output channel and group"
-    _check_tensor("w_scale", w_scale, 2, (torch.float32,), what)
+    check_tensor("w_scale", w_scale, dims=2, dtype=torch.float32, shape=what)
     _check_shape("w_scale", w_scale, (n_out, n_groups), what)
     if (lora_down_out is None) != (lora_up is None):
         raise ValueError("lora_down_out and lora_up come together: pass both (the low-rank branch) or neither")
     if lora_down_out is not None and lora_up is not None:
-        _check_tensor("lora_down_out", lora_down_out, 2, _LOW_RANK_DTYPES, "(M, r)")
-        _check_tensor("lora_up", lora_up, 2, _LOW_RANK_DTYPES, "(r, N)")
+        check_tensor("lora_down_out", lora_down_out, dims=2, dtype=_LOW_RANK_DTYPES, shape="(M, r)")
+        check_tensor("lora_up", lora_up, dims=2, dtype=_LOW_RANK_DTYPES, shape="(r, N)")
         rank = lora_down_out.shape[1]
         if lora_down_out.shape[0] != n_rows or rank < 1:
             raise ValueError(f"lora_down_out must have shape (M, r) with M={n_rows}, r >= 1, "

@@ -26,19 +26,13 @@ from __future__ import annotations
 
 import torch
 
+from labkit.validation import check_tensor
+
 __all__ = ["INT4_MAX", "INT4_MIN", "pack_int4", "unpack_int4"]
 
 #: The range of a signed 4-bit integer.
 INT4_MIN: int = -8
 INT4_MAX: int = 7
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-    return type(t).__name__
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -60,8 +54,7 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     >>> pack_int4(torch.tensor([1, -1, -8, 7], dtype=torch.int8)).tolist()  # 0xF1, 0x78
     [241, 120]
     """
-    if not isinstance(q, torch.Tensor) or q.dtype not in _INT_DTYPES:
-        raise TypeError(f"q must be an integer tensor (int8/16/32/64 or uint8), got {_describe(q)}")
+    check_tensor("q", q, dtype="integer", shape="(..., K)")
     if q.dim() == 0:
         raise ValueError("q must have at least one dimension (the packed dimension K is the last)")
     if q.shape[-1] % 2:
@@ -94,8 +87,7 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     >>> unpack_int4(torch.tensor([241, 120], dtype=torch.uint8)).tolist()
     [1, -1, -8, 7]
     """
-    if not isinstance(p, torch.Tensor) or p.dtype != torch.uint8:
-        raise TypeError(f"p must be a uint8 tensor of packed int4 values, got {_describe(p)}")
+    check_tensor("p", p, dtype=torch.uint8, shape="of packed int4 values")
     if p.dim() == 0:
         raise ValueError("p must have at least one dimension (the packed dimension is the last)")
     wide = p.to(torch.int16)

@@ -113,18 +113,18 @@ def test_check_w8a8_rejects_bad_inputs() -> None:
     xs, ws = torch.ones(3), torch.ones(5)
     check_w8a8(xq, xs, wq, ws, bias=torch.zeros(5))  # the good case passes
     bad = [
-        ((xq.float(), xs, wq, ws), {}, TypeError, "xq must have dtype torch.int8"),
-        ((xq, xs, wq.to(torch.uint8), ws), {}, TypeError, "wq must have dtype torch.int8"),
+        ((xq.float(), xs, wq, ws), {}, TypeError, "xq must be a 2-D int8 tensor"),
+        ((xq, xs, wq.to(torch.uint8), ws), {}, TypeError, "wq must be a 2-D int8 tensor"),
         ((xq[0], xs, wq, ws), {}, ValueError, "xq must be a 2-D"),
         ((xq, xs, wq[:, :6], ws), {}, ValueError, "xq has K=8 columns but wq has K=6"),
         ((xq, xs[:2], wq, ws), {}, ValueError, r"x_scale must have shape \(3,\)"),
-        ((xq, xs.double(), wq, ws), {}, TypeError, "x_scale must have dtype torch.float32"),
+        ((xq, xs.double(), wq, ws), {}, TypeError, "x_scale must be a 1-D float32 tensor"),
         ((xq, xs, wq, ws[:, None]), {}, ValueError, "w_scale must be a 1-D"),
         ((xq, xs, wq, ws), {"bias": torch.zeros(4)}, ValueError, r"bias must have shape \(5,\)"),
-        ((xq, xs, wq, ws), {"bias": torch.zeros(5, dtype=torch.int32)}, TypeError, "bias must have dtype"),
+        ((xq, xs, wq, ws), {"bias": torch.zeros(5, dtype=torch.int32)}, TypeError, "bias must be a 1-D float32/float16/bfloat16 tensor"),
         ((xq, xs, wq, ws), {"out_dtype": torch.int32}, TypeError, "out_dtype must be one of"),
         ((xq, xs, wq, ws), {"out_dtype": "float32"}, TypeError, "out_dtype must be one of"),
-        ((xq, xs, wq, "ws"), {}, TypeError, "w_scale must be a tensor"),
+        ((xq, xs, wq, "ws"), {}, TypeError, "w_scale must be a 1-D float32 tensor.*got str"),
     ]
     for args, kwargs, error, message in bad:
         with pytest.raises(error, match=message):
@@ -137,7 +137,7 @@ def test_check_w4a4_rejects_bad_inputs() -> None:
     down, up = torch.zeros(3, 2), torch.zeros(2, 5)
     check_w4a4(xq, xs, wq, ws, group_size=8, lora_down_out=down, lora_up=up)  # the good case passes
     bad = [
-        ((xq.to(torch.int8), xs, wq, ws), {}, TypeError, "xq must have dtype torch.uint8"),
+        ((xq.to(torch.int8), xs, wq, ws), {}, TypeError, "xq must be a 2-D uint8 tensor"),
         ((xq, xs, wq[:, :6], ws), {}, ValueError, "xq has K/2=8 packed columns but wq has K/2=6"),
         ((xq, xs, wq, ws), {"group_size": 6}, ValueError, "group_size=6 must divide the unpacked width K=16"),
         ((xq, xs, wq, ws), {"group_size": 3}, ValueError, "group_size must be even"),
@@ -145,14 +145,14 @@ def test_check_w4a4_rejects_bad_inputs() -> None:
         ((xq, xs, wq, ws), {"group_size": 8.0}, TypeError, "group_size must be an int"),
         ((xq, xs[:, :1], wq, ws), {}, ValueError, r"x_scale must have shape \(3, 2\)"),
         ((xq, xs, wq, ws.T), {}, ValueError, r"w_scale must have shape \(5, 2\)"),
-        ((xq, xs.half(), wq, ws), {}, TypeError, "x_scale must have dtype torch.float32"),
+        ((xq, xs.half(), wq, ws), {}, TypeError, "x_scale must be a 2-D float32 tensor"),
         ((xq, xs, wq, ws), {"lora_down_out": down}, ValueError, "pass both"),
         ((xq, xs, wq, ws), {"lora_up": up}, ValueError, "pass both"),
         ((xq, xs, wq, ws), {"lora_down_out": down[:2], "lora_up": up}, ValueError, "lora_down_out must have shape"),
         ((xq, xs, wq, ws), {"lora_down_out": down, "lora_up": up[:, :4]}, ValueError,
          r"lora_up must have shape \(2, 5\)"),
         ((xq, xs, wq, ws), {"lora_down_out": down, "lora_up": up.half()}, TypeError, "share a dtype"),
-        ((xq, xs, wq, ws), {"lora_down_out": down.long(), "lora_up": up}, TypeError, "lora_down_out must have dtype"),
+        ((xq, xs, wq, ws), {"lora_down_out": down.long(), "lora_up": up}, TypeError, "lora_down_out must be a 2-D float32/float16/bfloat16"),
         ((xq, xs, wq, ws), {"bias": torch.zeros(3)}, ValueError, r"bias must have shape \(5,\)"),
         ((xq, xs, wq, ws), {"out_dtype": torch.int8}, TypeError, "out_dtype must be one of"),
     ]

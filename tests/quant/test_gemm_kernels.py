@@ -178,7 +178,7 @@ def test_triton_rejects_bad_inputs(kernels, device: str) -> None:
         kernels.w4a4_gemm_triton(xq, x_scale, wq, w_scale, group_size=64)
     with pytest.raises(ValueError, match="lora_down_out and lora_up come together"):
         kernels.w4a4_gemm_triton(xq, x_scale, wq, w_scale, group_size=16, lora_up=torch.zeros(2, 24))
-    with pytest.raises(TypeError, match="xq must have dtype torch.int8"):
+    with pytest.raises(TypeError, match="xq must be a 2-D int8 tensor"):
         kernels.w8a8_gemm_triton(xq, x_scale[:, 0].contiguous(), wq, w_scale[:, 0].contiguous())
     assert kernels.w4a4_step_bytes(64) == (32, 1) and kernels.w4a4_step_bytes(1024) == (128, 4)
     for group_size in (96, 384):
