@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ..backend import triton_interpreting
-from .sparse import RowChunks, _check_segments, _check_spmm, row_chunks
+from .sparse import RowChunks, _check_csr_once, _check_segments, _check_spmm, _row_chunks
 
 __all__ = ["segment_mean_triton", "segment_sum_triton", "spmm_triton"]
 
@@ -90,7 +90,8 @@ def _launch(x: torch.Tensor, ptr: torch.Tensor, col: torch.Tensor | None, val: t
             num_warps: int | None, op: str) -> torch.Tensor:
     """Shared launcher: checks the Triton-specific conditions, allocates, computes the grid.
 
-    With a ``plan`` it makes no host-device sync, so it can be timed and captured in graphs.
+    With a ``plan`` it makes no host-device sync, so it can be timed and captured in graphs (after
+    the first call with each matrix, which checks that matrix's CSR structure once).
     """
     if not (x.is_cuda or triton_interpreting()):
         raise ValueError(f"{op}: tensors must be on CUDA (or set TRITON_INTERPRET=1 for CPU)")
@@ -101,10 +102,13 @@ def _launch(x: torch.Tensor, ptr: torch.Tensor, col: torch.Tensor | None, val: t
                                   or value <= 0 or value & (value - 1)):
             raise ValueError(f"{op}: {name} must be a positive power of two, got {value!r}")
     n_rows, n_features = ptr.numel() - 1, x.shape[1]
-    if plan is None:
-        plan = row_chunks(ptr, chunk_nnz=chunk_nnz)
+    if plan is None:  # building the work list checks the CSR structure (columns too, for SpMM)
+        plan = (_row_chunks(ptr, chunk_nnz, col, x.shape[0], op=op) if col is not None
+                else _row_chunks(ptr, chunk_nnz, None, None, op=op, names=("ptr", "col")))
     elif not isinstance(plan, RowChunks) or (plan.n_rows, plan.nnz) != (n_rows, nnz):
         raise ValueError(f"{op}: plan must be the RowChunks built by row_chunks() for this matrix")
+    elif col is not None:  # a reused work list: check each matrix's structure at its first use only
+        _check_csr_once(plan, ptr, col, x.shape[0], op=op)
     if block_f is None:  # whole rows up to 256 features; wider rows split over the grid's 2nd axis
         block_f = min(256, max(16, triton.next_power_of_2(n_features)))
     if num_warps is None:  # about 16 float32 of the (BLOCK_K, BLOCK_F) tile per thread, at most 4 warps

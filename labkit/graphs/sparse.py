@@ -31,6 +31,13 @@ a split row combine theirs with atomic adds into a row zeroed beforehand, so spl
 summed in an unspecified order: not bit-for-bit deterministic from run to run, equal within
 float32 rounding. Rows that fit one chunk are deterministic.
 
+**Malformed CSR.** A matrix built with ``check_invariants=False`` (torch's default) may carry
+offsets that decrease or columns past the end; a kernel would read whatever memory lies there.
+Both paths check the structure (offsets from 0 to M, non-decreasing; columns in ``[0, N_src)``)
+and raise the same ``ValueError``: the reference on every call, the Triton path once per
+sparsity pattern, when its work list is built (or first used, for a list built from the offsets
+alone).
+
 What the miniature leaves out: merge-path partitions (Merrill & Garland, SC 2016), which also
 balance the fixed cost of many tiny rows by giving each program a fixed share of rows *plus*
 nonzeros; caching x rows in shared memory; autotuning; backward passes.
@@ -40,7 +47,7 @@ Taught in chapter 01, section "Message passing is a sparse matrix product".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,6 +65,7 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INDICES = (torch.int32, torch.int64)
 
 
 def _check_ptr(ptr: torch.Tensor, n_items: int, *, op: str) -> None:
@@ -108,8 +116,45 @@ def _check_spmm(adj: torch.Tensor, x: torch.Tensor) -> None:
         raise TypeError(f"spmm: adj and x must share one floating dtype, got {adj.dtype} and {x.dtype}")
     if adj.device != x.device:
         raise ValueError(f"spmm: adj and x must be on one device, got {adj.device} and {x.device}")
-    # The row offsets' values are torch's CSR invariants (checked when the tensor is built with
-    # check_invariants=True); checking them here would cost a device sync on every call.
+    # Shapes, types and devices only: no device sync. The index values (torch's CSR invariants,
+    # unchecked unless the tensor was built with check_invariants=True) are _check_csr's job: on
+    # every call of the reference, once per work list and matrix on the Triton path.
+
+
+def _check_csr(ptr: torch.Tensor, col: torch.Tensor | None, n_cols: int | None, *, op: str,
+               names: tuple[str, str] = ("adj.crow_indices()", "adj.col_indices()")) -> None:
+    """Validate a CSR structure with one host sync: ``ptr`` (N + 1,) starts at 0, never decreases
+    and, with ``col``, ends at ``col.numel()``, every column lying in ``[0, n_cols)``.
+
+    ``names`` are how the messages call ``ptr`` and ``col``. The counts are computed on the
+    tensors' device and read back together; the details of a failure cost further syncs.
+    """
+    ptr_name, col_name = names
+    if not isinstance(ptr, torch.Tensor) or ptr.dim() != 1 or ptr.numel() < 1:
+        raise ValueError(f"{op}: {ptr_name} must be a 1-D tensor of N + 1 >= 1 offsets")
+    if ptr.dtype not in _INDICES:
+        raise TypeError(f"{op}: {ptr_name} must be an integer tensor (int32 or int64), got {ptr.dtype}")
+    if col is not None and (not isinstance(col, torch.Tensor) or col.dim() != 1 or col.dtype not in _INDICES):
+        raise TypeError(f"{op}: {col_name} must be a 1-D integer tensor (int32 or int64)")
+    down = ptr.diff() < 0  # (N,)
+    stats = [ptr[0], ptr[-1], down.sum()]
+    if col is not None and col.numel():
+        stats += list(torch.aminmax(col))  # one pass over the columns
+    first, last, n_down, *col_range = torch.stack([v.to(torch.int64) for v in stats]).tolist()
+    if first != 0:
+        raise ValueError(f"{op}: {ptr_name} must start at 0, got {first}")
+    if n_down:
+        row = int(torch.nonzero(down)[0])
+        raise ValueError(f"{op}: {ptr_name} must be non-decreasing; it decreases {n_down} time(s), first from "
+                         f"row {row} to row {row + 1} ({int(ptr[row])} then {int(ptr[row + 1])})")
+    if col is None:
+        return
+    if last != col.numel():
+        raise ValueError(f"{op}: {ptr_name} must end at {col.numel()} (the number of nonzeros), got {last}")
+    if col_range and (col_range[0] < 0 or col_range[1] >= n_cols):
+        outside = int(((col < 0) | (col >= n_cols)).sum())
+        raise ValueError(f"{op}: {col_name} must lie in [0, {n_cols}) (the columns of adj); {outside} of "
+                         f"{col.numel()} do not (min {col_range[0]}, max {col_range[1]})")
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -161,9 +206,14 @@ def spmm_reference(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, F) tensor of ``x``'s dtype, accumulated in float32; equals ``torch.sparse.mm(adj, x)``.
 
+    Raises:
+        ValueError: a malformed CSR structure (offsets not from 0 to M or decreasing, a column
+            outside ``[0, N_src)``), besides mismatched shapes or devices.
+
     Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
     _check_spmm(adj, x)
+    _check_csr(adj.crow_indices(), adj.col_indices(), adj.shape[1], op="spmm")
     ptr, col, val = adj.crow_indices().long(), adj.col_indices(), adj.values()
     acc = _acc_dtype(x.dtype)
     # gather: the message along nonzero e is val[e] * x[col[e]]
@@ -184,6 +234,9 @@ class RowChunks:
         split_rows: (S,) int64 rows with more than ``chunk_nnz`` nonzeros (combined by atomics).
         extra_row: (X,) int32 row of each extra chunk.
         extra_start: (X,) int64 offset of each extra chunk's first nonzero.
+
+    It also remembers which matrices' structure has been checked with it (offsets and columns,
+    see :func:`row_chunks`), so that SpMM checks a matrix once, not on every call.
     """
 
     chunk_nnz: int
@@ -192,6 +245,7 @@ class RowChunks:
     split_rows: torch.Tensor
     extra_row: torch.Tensor
     extra_start: torch.Tensor
+    _checked: set[tuple[int, ...]] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def n_programs(self) -> int:
@@ -199,22 +253,52 @@ class RowChunks:
         return self.n_rows + self.extra_row.numel()
 
 
-def row_chunks(ptr: torch.Tensor, *, chunk_nnz: int = 256) -> RowChunks:
+def row_chunks(ptr: torch.Tensor, *, chunk_nnz: int = 256, col: torch.Tensor | None = None,
+               n_cols: int | None = None) -> RowChunks:
     """Split rows longer than ``chunk_nnz`` nonzeros into chunks for separate programs.
 
-    Built on ``ptr``'s device with a handful of vectorised ops (two host syncs); reuse it for every
-    product with the same sparsity pattern.
+    Built on ``ptr``'s device with a handful of vectorised ops (two host syncs, plus one for the
+    checks); reuse it for every product with the same sparsity pattern.
 
     Args:
-        ptr: (N + 1,) CSR row offsets (``adj.crow_indices()`` or a segment ``ptr``).
+        ptr: (N + 1,) CSR row offsets (``adj.crow_indices()`` or a segment ``ptr``): checked to
+            start at 0 and never decrease.
         chunk_nnz: the most nonzeros one program handles, >= 1.
+        col, n_cols: optionally the column indices (``adj.col_indices()``) and the column count
+            N_src: then ``ptr`` must also end at ``col.numel()`` and every column lie in
+            ``[0, n_cols)``, and the plan remembers this matrix as checked (SpMM with a plan built
+            from ``ptr`` alone checks the columns once, at its first use with a matrix).
+
+    Raises:
+        ValueError: a malformed ``ptr`` or ``col``, or ``chunk_nnz`` < 1.
 
     Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
+    if col is not None and n_cols is None:
+        raise ValueError("row_chunks: pass n_cols with col (the column count the indices must stay below)")
+    return _row_chunks(ptr, chunk_nnz, col, n_cols, op="row_chunks", names=("ptr", "col"))
+
+
+def _csr_key(ptr: torch.Tensor, col: torch.Tensor, n_cols: int) -> tuple[int, ...]:
+    """Identifies one matrix's index tensors (where they live and how long they are)."""
+    return (ptr.data_ptr(), ptr.numel(), col.data_ptr(), col.numel(), n_cols)
+
+
+def _check_csr_once(plan: RowChunks, ptr: torch.Tensor, col: torch.Tensor, n_cols: int, *, op: str) -> None:
+    """:func:`_check_csr` for a matrix the first time it is used with ``plan``; later calls cost nothing."""
+    key = _csr_key(ptr, col, n_cols)
+    if key not in plan._checked:
+        _check_csr(ptr, col, n_cols, op=op)
+        plan._checked.add(key)
+
+
+def _row_chunks(ptr: torch.Tensor, chunk_nnz: int, col: torch.Tensor | None, n_cols: int | None, *, op: str,
+                names: tuple[str, str] = ("adj.crow_indices()", "adj.col_indices()")) -> RowChunks:
+    """:func:`row_chunks`, with errors that name ``op`` and call the index tensors ``names``."""
     if isinstance(chunk_nnz, bool) or not isinstance(chunk_nnz, int) or chunk_nnz < 1:
-        raise ValueError(f"row_chunks: chunk_nnz must be an int >= 1, got {chunk_nnz!r}")
-    if not isinstance(ptr, torch.Tensor) or ptr.dim() != 1 or ptr.numel() < 1:
-        raise ValueError("row_chunks: ptr must be a 1-D tensor of N + 1 offsets")
+        raise ValueError(f"{op}: chunk_nnz must be an int >= 1, got {chunk_nnz!r}")
+    _check_csr(ptr, col, n_cols, op=op, names=names)
+    key = _csr_key(ptr, col, n_cols) if col is not None else None
     ptr = ptr.long()
     lengths = ptr.diff()  # (N,) nonzeros per row
     split_rows = torch.nonzero(lengths > chunk_nnz).flatten()  # (S,)
@@ -224,8 +308,11 @@ def row_chunks(ptr: torch.Tensor, *, chunk_nnz: int = 256) -> RowChunks:
     first = torch.cumsum(n_extra, 0) - n_extra  # (S,) position of each row's first extra chunk
     j = torch.arange(extra_row.numel(), device=ptr.device) - torch.repeat_interleave(first, n_extra) + 1
     extra_start = ptr[extra_row] + j * chunk_nnz  # (X,)
-    return RowChunks(chunk_nnz=chunk_nnz, n_rows=lengths.numel(), nnz=int(ptr[-1].item()),
+    plan = RowChunks(chunk_nnz=chunk_nnz, n_rows=lengths.numel(), nnz=int(ptr[-1].item()),
                      split_rows=split_rows, extra_row=extra_row.to(torch.int32), extra_start=extra_start)
+    if key is not None:
+        plan._checked.add(key)
+    return plan
 
 
 #: ``spmm(adj, x, backend=None)``: reference or Triton, see :mod:`labkit.backend`.

@@ -139,6 +139,54 @@ def test_segment_bad_inputs(src, ptr, err, msg) -> None:
             op(src, ptr)
 
 
+def malformed_csr(ptr: list[int], col: list[int], n_cols: int) -> torch.Tensor:
+    """A CSR matrix built without torch's invariant checks, as a corrupted or hand-made one arrives."""
+    return torch.sparse_csr_tensor(torch.tensor(ptr), torch.tensor(col), torch.arange(1.0, len(col) + 1),
+                                   size=(len(ptr) - 1, n_cols), check_invariants=False)
+
+
+#: (row offsets, columns, N_src, the error every SpMM path must raise)
+MALFORMED_CSR = {
+    "column_past_the_end": ([0, 1, 3], [0, 5, 1], 3,
+                            r"spmm: adj.col_indices\(\) must lie in \[0, 3\) \(the columns of adj\); "
+                            r"1 of 3 do not \(min 0, max 5\)"),
+    "negative_column": ([0, 2, 3], [0, -1, 2], 3, r"adj.col_indices\(\) must lie in \[0, 3\).*min -1, max 2"),
+    "decreasing_offsets": ([0, 2, 1, 3], [0, 1, 2], 3,
+                           r"spmm: adj.crow_indices\(\) must be non-decreasing; it decreases 1 time\(s\), "
+                           r"first from row 1 to row 2"),
+    "offsets_not_from_0": ([1, 2, 3], [0, 1, 2], 3, r"spmm: adj.crow_indices\(\) must start at 0, got 1"),
+    "offsets_short_of_nnz": ([0, 1, 2], [0, 1, 2], 3,
+                             r"spmm: adj.crow_indices\(\) must end at 3 \(the number of nonzeros\), got 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CSR))
+def test_spmm_reference_rejects_a_malformed_csr(case: str) -> None:
+    ptr, col, n_cols, msg = MALFORMED_CSR[case]
+    with pytest.raises(ValueError, match=msg):
+        spmm_reference(malformed_csr(ptr, col, n_cols), torch.ones(n_cols, 2))
+
+
+def test_row_chunks_checks_offsets_and_optionally_columns() -> None:
+    with pytest.raises(ValueError, match="row_chunks: ptr must be non-decreasing"):
+        row_chunks(torch.tensor([0, 2, 1, 3]))
+    with pytest.raises(ValueError, match="row_chunks: ptr must start at 0, got 1"):
+        row_chunks(torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match="row_chunks: ptr must be an integer tensor"):
+        row_chunks(torch.tensor([0.0, 1.0]))
+    ptr, col = torch.tensor([0, 1, 3]), torch.tensor([0, 5, 1])
+    assert row_chunks(ptr).nnz == 3  # without columns only the offsets are checked
+    with pytest.raises(ValueError, match=r"row_chunks: col must lie in \[0, 3\)"):
+        row_chunks(ptr, col=col, n_cols=3)
+    with pytest.raises(ValueError, match="row_chunks: pass n_cols with col"):
+        row_chunks(ptr, col=col)
+    with pytest.raises(ValueError, match=r"row_chunks: ptr must end at 2 \(the number of nonzeros\), got 3"):
+        row_chunks(ptr, col=col[:2], n_cols=8)
+    checked, unchecked = row_chunks(ptr, col=col, n_cols=6, chunk_nnz=1), row_chunks(ptr, chunk_nnz=1)
+    for name in ("split_rows", "extra_row", "extra_start"):  # the same work list either way
+        assert torch.equal(getattr(checked, name), getattr(unchecked, name))
+
+
 def test_row_chunks_bad_chunk() -> None:
     with pytest.raises(ValueError, match="chunk_nnz"):
         row_chunks(torch.tensor([0, 3]), chunk_nnz=0)

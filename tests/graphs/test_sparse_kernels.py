@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from labkit.graphs import sparse
 from labkit.graphs.sparse import (
     row_chunks,
     segment_mean,
@@ -20,6 +21,7 @@ from labkit.graphs.sparse import (
     spmm_reference,
 )
 from labkit.testing import assert_close
+from tests.graphs.test_sparse import MALFORMED_CSR, malformed_csr
 
 KERNELS = "labkit.graphs._kernels"
 
@@ -140,3 +142,50 @@ def test_triton_rejects_bad_inputs(triton_kernels, device: str) -> None:
         kernels.spmm_triton(adj.to(torch.float64), x.double())
     with pytest.raises(ValueError, match="non-decreasing"):
         kernels.segment_sum_triton(torch.ones(3, 2, device=device), torch.tensor([0, 2, 1, 3], device=device))
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CSR))
+def test_triton_rejects_a_malformed_csr_like_the_reference(triton_kernels, device: str, case: str) -> None:
+    kernels = triton_kernels(KERNELS)
+    ptr, col, n_cols, msg = MALFORMED_CSR[case]
+    adj, x = malformed_csr(ptr, col, n_cols).to(device), torch.ones(n_cols, 4, device=device)
+    with pytest.raises(ValueError, match=msg):
+        spmm_reference(adj, x)
+    with pytest.raises(ValueError, match=msg):  # the work list is built, and the matrix checked, in the call
+        kernels.spmm_triton(adj, x, block_k=8)
+    with pytest.raises(ValueError, match=msg):
+        spmm(adj, x, backend="triton")
+    if case.startswith(("column", "negative")):  # offsets fine: a plan built from them alone checks at first use
+        plan = row_chunks(adj.crow_indices())
+        with pytest.raises(ValueError, match=msg):
+            kernels.spmm_triton(adj, x, plan=plan, block_k=8)
+
+
+def test_triton_checks_each_matrix_once_per_plan(triton_kernels, device: str, monkeypatch) -> None:
+    kernels = triton_kernels(KERNELS)
+    checks: list[str] = []
+    real_check = sparse._check_csr
+
+    def counting_check(*args, **kwargs):
+        checks.append(kwargs["op"])
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(sparse, "_check_csr", counting_check)
+    lengths, n_src, f, _ = lengths_for("hub_row")
+    adj = csr_from_lengths(lengths, n_src, seed=10).to(device)
+    x = torch.randn(n_src, f, generator=torch.Generator().manual_seed(11)).to(device)
+    expected = spmm_reference(adj, x)
+    plan = row_chunks(adj.crow_indices(), chunk_nnz=64)  # offsets checked here, columns not yet
+    assert checks == ["spmm", "row_chunks"]
+    for _ in range(3):
+        assert_close(kernels.spmm_triton(adj, x, plan=plan, block_k=8), expected, backend="triton")
+    assert checks == ["spmm", "row_chunks", "spmm"]  # the first product checked the columns, once
+    full = row_chunks(adj.crow_indices(), chunk_nnz=64, col=adj.col_indices(), n_cols=n_src)
+    assert_close(kernels.spmm_triton(adj, x, plan=full, block_k=8), expected, backend="triton")
+    assert checks == ["spmm", "row_chunks", "spmm", "row_chunks"]  # checked when built, not when used
+    # a different matrix with the same shape and nonzero count is checked at its first use with the plan
+    bad_col = adj.col_indices().clone()
+    bad_col[7] = n_src
+    bad = torch.sparse_csr_tensor(adj.crow_indices(), bad_col, adj.values(), size=adj.shape, check_invariants=False)
+    with pytest.raises(ValueError, match=r"adj.col_indices\(\) must lie in \[0, 320\)"):
+        kernels.spmm_triton(bad, x, plan=full, block_k=8)
