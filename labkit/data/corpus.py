@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from labkit.cache import cache_dir, cache_key
+from labkit.validation import check_int, check_tensor, check_tokens
 
 __all__ = ["TextCorpus", "stdlib_corpus", "FILE_SEPARATOR"]
 
@@ -65,8 +66,7 @@ class TextCorpus:
     def __post_init__(self) -> None:
         for name in _SPLITS:
             data = getattr(self, name)
-            if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
-                raise TypeError(f"TextCorpus: {name} must be a 1-D uint8 tensor, got {_describe(data)}")
+            check_tensor(f"TextCorpus: {name}", data, dims=1, dtype=torch.uint8)
 
     def __repr__(self) -> str:
         return (
@@ -90,10 +90,7 @@ class TextCorpus:
             The decoded string.
         """
         if isinstance(tokens, torch.Tensor):
-            if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-                raise ValueError(f"decode: tokens must be a 1-D integer tensor, got {_describe(tokens)}")
-            if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-                raise ValueError("decode: tokens must be integers in [0, 255]")
+            tokens = check_tokens("decode: tokens", tokens, dims=1, vocab_size=self.vocab_size)
             blob = tokens.detach().cpu().to(torch.uint8).numpy().tobytes()
         else:
             values = list(tokens)
@@ -134,8 +131,8 @@ class TextCorpus:
             x: (B, T) int64; y: (B, T) int64.
         """
         data = self.split(split)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("block_size", block_size)
+        check_int("batch_size", batch_size, 1)
+        check_int("block_size", block_size, 1)
         if block_size >= data.numel():
             raise ValueError(
                 f"block_size must be smaller than the {split} split ({data.numel()} bytes), got {block_size}"
@@ -276,14 +273,3 @@ def _from_record(record: dict) -> TextCorpus:
         files_val=tuple(record["files_val"]),
         vocab_size=int(record["vocab_size"]),
     )
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dim()}-D {value.dtype} tensor"
-    return type(value).__name__

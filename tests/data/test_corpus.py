@@ -172,9 +172,9 @@ def test_get_batch_rejects_bad_arguments() -> None:
         corpus.get_batch("test", batch_size=1, block_size=2, generator=gen)
     with pytest.raises(ValueError, match=r"block_size must be smaller than the val split \(11 bytes\)"):
         corpus.get_batch("val", batch_size=1, block_size=11, generator=gen)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         corpus.get_batch("train", batch_size=0, block_size=2, generator=gen)
-    with pytest.raises(ValueError, match="block_size must be a positive int"):
+    with pytest.raises(TypeError, match="block_size must be an int, got float"):  # a wrong type
         corpus.get_batch("train", batch_size=1, block_size=2.5, generator=gen)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         corpus.get_batch("train", batch_size=1, block_size=2, generator=0)
@@ -188,7 +188,7 @@ def test_decode_and_constructor_reject_bad_tokens() -> None:
         corpus.decode(torch.tensor([-1, 3]))
     with pytest.raises(ValueError, match="tokens must be a 1-D integer tensor"):
         corpus.decode(torch.zeros(2, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="tokens must be a 1-D integer tensor"):
+    with pytest.raises(TypeError, match="tokens must be a 1-D integer tensor"):  # float tokens: a wrong dtype
         corpus.decode(torch.zeros(3))
     with pytest.raises(TypeError, match="train must be a 1-D uint8 tensor"):
         TextCorpus(train=torch.zeros(4), val=torch.zeros(4, dtype=torch.uint8), files_train=(), files_val=())
