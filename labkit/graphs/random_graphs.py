@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from labkit.validation import check_int, check_real
+
 __all__ = ["power_law_csr", "uniform_csr"]
 
 
@@ -25,16 +27,13 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, n: int, generator: torch.Genera
         return torch.sparse_csr_tensor(crow, cols, values, (n, n), check_invariants=False)
 
 
-def _check(n: int, m: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-        raise ValueError(f"m must be an int >= 0, got {m!r}")
-
-
 def uniform_csr(n: int, m: int, *, seed: int = 0, device: str | torch.device = "cpu") -> torch.Tensor:
-    """M nonzeros at uniformly random (row, col) positions: every row holds about M / N."""
-    _check(n, m)
+    """M nonzeros at uniformly random (row, col) positions: every row holds about M / N.
+
+    Returns:
+        (N, N) float32 CSR, values in [0, 1); repeated positions stay separate entries.
+    """
+    n, m = check_int("n", n, 1), check_int("m", m, 0)
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(n, (m,), generator=g).to(device)
     cols = torch.randint(n, (m,), generator=g).to(device)
@@ -48,11 +47,13 @@ def power_law_csr(n: int, m: int, *, exponent: float = 1.0, seed: int = 0,
 
     With ``exponent=1`` and a million rows the largest row holds about 7% of all nonzeros and the
     median row a handful: the shape of social and interaction graphs, and the case that stalls a
-    kernel giving one program per row.
+    kernel giving one program per row. ``exponent=0`` gives uniform rows.
+
+    Returns:
+        (N, N) float32 CSR, values in [0, 1); repeated positions stay separate entries.
     """
-    _check(n, m)
-    if exponent < 0:
-        raise ValueError(f"exponent must be >= 0, got {exponent}")
+    n, m = check_int("n", n, 1), check_int("m", m, 0)
+    exponent = check_real("exponent", exponent, 0.0)
     g = torch.Generator().manual_seed(seed)
     ranks = torch.randperm(n, generator=g).double() + 1.0
     weights = ranks.pow(-exponent)

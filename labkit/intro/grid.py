@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from labkit.validation import check_int
+
 __all__ = ["LaunchGrid", "launch_grid"]
 
 
@@ -32,9 +34,9 @@ def launch_grid(n: int, *, block_size: int) -> LaunchGrid:
     >>> launch_grid(1000, block_size=256)
     LaunchGrid(n=1000, block_size=256, programs=4, masked_lanes=24)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a positive power of two, got {block_size!r}")
+    n = check_int("n", n, 0)
+    block_size = check_int("block_size", block_size, 1)
+    if block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a positive power of two, got {block_size}")
     programs = -(-n // block_size)
     return LaunchGrid(n=n, block_size=block_size, programs=programs, masked_lanes=programs * block_size - n)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from labkit.validation import check_int
+
 from .fakequant import QuantWrapper
 from .quantizers import quantize_tensor
 
@@ -51,7 +53,9 @@ def model_size(model: nn.Module, *, float_bits: int = 16) -> SizeReport:
         model: any module; :class:`QuantWrapper` layers with a weight format count quantized.
         float_bits: 32, 16 or 8 bits for the other parameters.
     """
-    if float_bits not in (8, 16, 32):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if check_int("float_bits", float_bits, 8, 32) not in (8, 16, 32):
         raise ValueError(f"float_bits must be 8, 16 or 32, got {float_bits}")
     quantized = {id(m.inner.weight): m for m in model.modules() if isinstance(m, QuantWrapper) and m.w_spec is not None}
     q_bytes = f_bytes = n_q = n_f = 0

@@ -1,11 +1,11 @@
-"""labkit.intro: scaled add (reference and Triton) and the launch-grid arithmetic."""
+"""labkit.intro: scaled add, reference and Triton (the launch grid is in test_grid.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from labkit.intro import launch_grid, scaled_add, scaled_add_reference
+from labkit.intro import scaled_add, scaled_add_reference
 from labkit.testing import assert_close
 
 
@@ -54,17 +54,3 @@ def test_triton_rejects_bad_block_size(triton_kernels, device: str) -> None:
     x = torch.ones(4, device=device)
     with pytest.raises(ValueError, match="power of two"):
         kernels.scaled_add_triton(x, x, block_size=100)
-
-
-def test_launch_grid_by_hand() -> None:
-    g = launch_grid(1000, block_size=256)
-    assert (g.programs, g.masked_lanes) == (4, 24)
-    assert g.wasted_fraction == pytest.approx(24 / 1024)
-    assert launch_grid(0, block_size=64).programs == 0
-    assert launch_grid(1024, block_size=1024).masked_lanes == 0
-
-
-@pytest.mark.parametrize("n, block", [(-1, 64), (10, 0), (10, 96), (1.5, 64)])
-def test_launch_grid_bad_input(n, block) -> None:
-    with pytest.raises(ValueError):
-        launch_grid(n, block_size=block)
