@@ -176,3 +176,86 @@ def test_book_and_test_install_chromium_first(tool, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(tool, "ensure_chromium", stop)
     with pytest.raises(SystemExit, match="chromium step"):
         tool.COMMANDS[command]([])
+
+
+# -- lab: JupyterLab on the book's kernel --------------------------------------------------------
+
+
+def test_lab_kernelspec_runs_the_venv_python(tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tool, "LAB_DATA", tmp_path / "data")
+    path = tmp_path / "data" / "kernels" / "python3" / "kernel.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                "display_name": "Python 3 (ipykernel)", "language": "python"}))
+    assert tool.ensure_kernelspec() == path
+    spec = json.loads(path.read_text())
+    assert spec["argv"][:3] == [str(tool.VPY), "-m", "ipykernel_launcher"] and "{connection_file}" in spec["argv"]
+    chapter = _book.ROOT / "chapters" / "00_how_this_book_runs" / "01_how_this_book_runs.ipynb"
+    metadata = json.loads(chapter.read_text())["metadata"]["kernelspec"]
+    assert (spec["display_name"], spec["language"]) == (metadata["display_name"], metadata["language"])
+    assert metadata["name"] == path.parent.name
+
+
+def test_lab_env_keeps_what_a_live_reader_needs(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("PLOTLY_RENDERER", "notebook_connected")
+    monkeypatch.setenv("JUPYTER_PATH", "/elsewhere")
+    env = tool.lab_env()
+    assert env["PATH"].split(":")[:2] == [str(tool.VENV / "bin"), "/usr/bin"]
+    assert env["PYTHONHASHSEED"] == tool.book_env("default")["PYTHONHASHSEED"]
+    assert env["JUPYTER_PATH"].split(":") == [str(tool.LAB_DATA), "/elsewhere"], "the book's kernel spec first"
+    for key in ("TQDM_DISABLE", "PLOTLY_RENDERER", "LABBOOK_TIER"):
+        assert key not in env, key
+    assert env["LABKIT_RECORDS_DIR"] == str(tool.LAB_RECORDS) != tool.book_env("default")["LABKIT_RECORDS_DIR"]
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_lab_command_passes_args_to_jupyter_lab(tool, monkeypatch: pytest.MonkeyPatch, euid) -> None:
+    monkeypatch.setattr(tool.os, "geteuid", lambda: euid)
+    jupyter = str(tool.VENV / "bin" / "jupyter")
+    as_root = ["--allow-root"] if euid == 0 else []
+    assert tool.jupyter_lab_command(["--port=9999", "x.ipynb"]) == [jupyter, "lab", *as_root, "--port=9999", "x.ipynb"]
+    assert tool.jupyter_lab_command(["--allow-root"]) == [jupyter, "lab", "--allow-root"]
+
+
+class Exec(Exception):
+    """What os.execve was asked to run (raised in its place)."""
+
+
+def _capture_exec(tool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    cwd: list[str] = []
+    monkeypatch.setattr(tool.os, "chdir", lambda path: cwd.append(str(path)))
+
+    def execve(path, argv, env):
+        raise Exec(path, list(argv), env, list(cwd))
+
+    monkeypatch.setattr(tool.os, "execve", execve)
+    return cwd
+
+
+def test_cmd_lab_becomes_jupyter_lab_at_the_root(tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tool, "LAB_DATA", tmp_path / "data")
+    monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)
+    _capture_exec(tool, monkeypatch)
+    with pytest.raises(Exec) as done:
+        tool.cmd_lab(["--no-browser"])
+    path, argv, env, cwd = done.value.args
+    assert path == argv[0] == str(tool.VENV / "bin" / "jupyter")
+    assert argv[1:] == ["lab", "--no-browser"]
+    assert cwd == [str(tool.ROOT)]
+    assert env["JUPYTER_PATH"].split(":")[0] == str(tmp_path / "data")
+    assert (tmp_path / "data" / "kernels" / "python3" / "kernel.json").exists()
+
+
+def test_lab_sets_up_the_venv_then_hands_over(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABBOOK_IN_VENV", raising=False)
+    calls: list[str] = []
+    monkeypatch.setattr(tool, "ensure_venv", lambda: calls.append("venv"))
+    _capture_exec(tool, monkeypatch)
+    with pytest.raises(Exec) as done:
+        tool.main(["lab", "--port=1234"])
+    path, argv, env, cwd = done.value.args
+    assert calls == ["venv"]
+    assert path == str(tool.VPY) and argv[2:] == ["lab", "--port=1234"]
+    assert env["LABBOOK_IN_VENV"] == "1" and cwd == [str(tool.ROOT)]

@@ -3,11 +3,16 @@
 
     python3 tools/lab.py book      # build the book into _build/html, executing every chapter
     python3 tools/lab.py test      # run the whole test suite (what CI runs); extra args go to pytest
+    python3 tools/lab.py lab       # JupyterLab at the repository root; extra args go to `jupyter lab`
     python3 tools/lab.py set-repo URL   # point the launch buttons and Colab cells at a fork
 
-Both `book` and `test` first make sure `.venv/` exists with the pinned `requirements.txt`
+`book`, `test` and `lab` first make sure `.venv/` exists with the pinned `requirements.txt`
 installed (re-installing when that file or `pyproject.toml` changes) and labkit installed in
-editable mode; `test` also prepares the offline copies of the web assets the browser test needs.
+editable mode. `book` and `test` then install Debian's chromium (the browser tests' browser) when
+it is missing, as root or through passwordless sudo, and otherwise stop with the command to run;
+`test` also prepares the offline copies of the web assets the browser test needs. `lab` serves
+JupyterLab on the book's kernel (.venv's python) with the book's environment, less what only
+suits a page built after the fact (see lab_env).
 """
 
 from __future__ import annotations
@@ -231,6 +236,68 @@ def cmd_test(args: list[str]) -> int:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 
+# -- lab ---------------------------------------------------------------------------------------
+
+LAB_DATA = VENV / "labbook-jupyter"  # a Jupyter data folder, first on `lab`'s JUPYTER_PATH
+LAB_RECORDS = ROOT / "_build" / "lab" / "records"
+
+
+def ensure_kernelspec() -> Path:
+    """Write the kernel spec notebooks get under `lab`: ``python3``, run by .venv's python.
+
+    It lives in LAB_DATA, which lab_env puts first on JUPYTER_PATH, so neither the spec ipykernel
+    ships (``python``, whichever is first on PATH) nor one in the reader's home can shadow it. The
+    display name is the chapters' own, so saving a chapter leaves its kernel metadata unchanged.
+    """
+    spec = {
+        "argv": [str(VPY), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3",
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+    path = LAB_DATA / "kernels" / "python3" / "kernel.json"
+    text = json.dumps(spec, indent=1) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(text)
+        partial.replace(path)
+        log(f"kernel spec python3 runs {VPY} ({path})")
+    return path
+
+
+def lab_env() -> dict[str, str]:
+    """Environment of `lab`'s server and kernels: what book_env sets that matters to a live reader.
+
+    PATH (.venv first) and PYTHONHASHSEED stay. PLOTLY_RENDERER goes: JupyterLab draws plotly's
+    own mime type with the renderer it serves itself, offline, where notebook_connected would fetch
+    plotly.js from a CDN. TQDM_DISABLE goes (progress bars help a live reader), and so does
+    LABBOOK_TIER (only the book's generated pages read it). Claims go to LAB_RECORDS, so a reader's
+    runs leave the built book's records alone.
+    """
+    env = book_env("default")
+    for key in ("PLOTLY_RENDERER", "TQDM_DISABLE", "LABBOOK_TIER"):
+        env.pop(key, None)
+    env["LABKIT_RECORDS_DIR"] = str(LAB_RECORDS)
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(LAB_DATA), env.get("JUPYTER_PATH")) if p)
+    return env
+
+
+def jupyter_lab_command(args: list[str]) -> list[str]:
+    """``jupyter lab`` from .venv with ``args``; as root with --allow-root (the server refuses root without it)."""
+    root = ["--allow-root"] if os.geteuid() == 0 and "--allow-root" not in args else []
+    return [str(VENV / "bin" / "jupyter"), "lab", *root, *args]
+
+
+def cmd_lab(args: list[str]) -> int:
+    """JupyterLab at the repository root on the book's kernel; this process becomes the server."""
+    ensure_kernelspec()
+    cmd = jupyter_lab_command(args)
+    log(" ".join(cmd))
+    os.chdir(ROOT)
+    os.execve(cmd[0], cmd, lab_env())
+
+
 # -- forks -------------------------------------------------------------------------------------
 
 COLAB_RE = re.compile(r'labkit @ git\+[^"\\]+')
@@ -249,7 +316,7 @@ def cmd_set_repo(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"book": cmd_book, "test": cmd_test, "set-repo": cmd_set_repo}
+COMMANDS = {"book": cmd_book, "test": cmd_test, "lab": cmd_lab, "set-repo": cmd_set_repo}
 
 
 def main(argv: list[str]) -> int:
@@ -262,6 +329,9 @@ def main(argv: list[str]) -> int:
     if os.environ.get("LABBOOK_IN_VENV") != "1":
         ensure_venv()
         env = dict(os.environ, LABBOOK_IN_VENV="1")
+        if name == "lab":  # the server takes this process over, so Ctrl-C reaches it alone
+            os.chdir(ROOT)
+            os.execve(str(VPY), [str(VPY), __file__, *argv], env)
         return subprocess.run([str(VPY), __file__, *argv], env=env, cwd=ROOT).returncode
     return COMMANDS[name](rest)
 
