@@ -4,13 +4,16 @@ Two computing parties P0, P1 hold additive shares; a dealer P2 hands out correla
 randomness (Beaver triples). Programs are SPMD Python functions on :class:`Shared` values,
 run by :func:`run` in threads (``runtime="simulator"``) or in three real processes
 (``runtime="processes"``); every message is logged and the counters match the closed-form
-costs of :mod:`labkit.mpc.cost` exactly.
+costs of :mod:`labkit.mpc.cost` exactly. Each party draws private randomness from the OS;
+``run(..., insecure_seed=...)`` makes a run reproducible and marks it ``secure=False``.
 
-- :mod:`labkit.mpc.ring`: the ring, fixed point;
+- :mod:`labkit.mpc.prg`: each party's private generator (and the insecure, seeded one);
+- :mod:`labkit.mpc.ring`: the ring, fixed point and its ranges;
 - :mod:`labkit.mpc.sharing`: additive/XOR sharing in plain tensors, uniformity tests;
 - :mod:`labkit.mpc.engine`, :mod:`labkit.mpc.shared`: the party context and shared values;
 - :mod:`labkit.mpc.dealer`, :mod:`labkit.mpc.beaver`: triples, products, truncation;
-- :mod:`labkit.mpc.compare`: sign, ReLU, comparisons, max;
+- :mod:`labkit.mpc.attack`: what a party recovers when the dealer's randomness is not private;
+- :mod:`labkit.mpc.compare`: sign, ReLU, comparisons, max and argmax;
 - :mod:`labkit.mpc.cost`, :mod:`labkit.mpc.comm`: cost formulas, message log, transports;
 - :mod:`labkit.mpc.runtime`, :mod:`labkit.mpc.programs`: running programs, demo programs;
 - :mod:`labkit.mpc.ringmm`: the ring matrix product (reference and kernel);
@@ -21,9 +24,10 @@ costs of :mod:`labkit.mpc.cost` exactly.
 
 from .beaver import beaver_matmul, beaver_mul, beaver_square, finish_product, truncate, truncate_share
 from .comm import DEALER, Message, MessageLog, MPCError, MPCTimeout
-from .compare import and_gates, b2a, greater_than, less_than, max_along, msb, relu, where
+from .compare import and_gates, argmax_along, b2a, greater_than, less_than, max_along, msb, relu, where
 from .cost import (
     Cost,
+    argmax_cost,
     input_cost,
     matmul_cost,
     max_cost,
@@ -36,18 +40,20 @@ from .cost import (
     where_cost,
 )
 from .engine import Party
-from .ring import DEFAULT_FRAC_BITS, decode, encode, random_ring, ring_mm
+from .prg import PRG
+from .ring import DEFAULT_FRAC_BITS, decode, encode, product_range, random_ring, representable_range, ring_mm
 from .runtime import RUNTIMES, MPCRun, run
 from .shared import Shared, cat, stack
-from .sharing import chi_square_uniform, reconstruct, reconstruct_xor, share, share_xor
+from .sharing import chi_square_uniform, ks_two_sample, reconstruct, reconstruct_xor, share, share_xor
 
-from . import approx, approx_cost, transformer
+from . import approx, approx_cost, attack, transformer
 from .approx import gelu, layer_norm, reciprocal, rsqrt, softmax
 from .ringmm import balanced_bytes, check_ring_operands, ring_matmul, ring_matmul_limbs, ring_matmul_reference
 
 __all__ = [
     "approx",
     "approx_cost",
+    "attack",
     "transformer",
     "gelu",
     "layer_norm",
@@ -68,9 +74,12 @@ __all__ = [
     "MPCTimeout",
     "Message",
     "MessageLog",
+    "PRG",
     "Party",
     "Shared",
     "and_gates",
+    "argmax_along",
+    "argmax_cost",
     "b2a",
     "beaver_matmul",
     "beaver_mul",
@@ -82,6 +91,7 @@ __all__ = [
     "finish_product",
     "greater_than",
     "input_cost",
+    "ks_two_sample",
     "less_than",
     "matmul_cost",
     "max_along",
@@ -89,11 +99,13 @@ __all__ = [
     "msb",
     "msb_cost",
     "mul_cost",
+    "product_range",
     "random_ring",
     "reconstruct",
     "reconstruct_xor",
     "relu",
     "relu_cost",
+    "representable_range",
     "reveal_cost",
     "ring_mm",
     "run",

@@ -22,11 +22,12 @@ import torch
 
 from .engine import Party
 
-__all__ = ["exit_at_party", "party_main", "raise_at_party"]
+__all__ = ["exit_at_party", "party_main", "raise_at_party", "secrecy_probe"]
 
 
 def party_main(rank: int, world_size: int, program: Callable[..., Any], args: tuple, kwargs: dict,
-               input_dir: str, seed: int, frac_bits: int, keep_payloads: bool, session: str) -> dict[str, Any]:
+               input_dir: str, insecure_seed: int | None, frac_bits: int, keep_payloads: bool,
+               session: str) -> dict[str, Any]:
     """Run ``program(ctx, *args, **kwargs)`` as party ``rank`` of a 3-process run.
 
     Args:
@@ -34,7 +35,8 @@ def party_main(rank: int, world_size: int, program: Callable[..., Any], args: tu
         program: an importable module-level function.
         args, kwargs: the program's public arguments (the same at every party).
         input_dir: folder where ``party<rank>.pt`` holds this party's private input, if any.
-        seed, frac_bits, keep_payloads, session: as in :func:`labkit.mpc.runtime.run`.
+        insecure_seed, frac_bits, keep_payloads, session: as in :func:`labkit.mpc.runtime.run`
+            (without ``insecure_seed`` the party seeds its generator here, in its own process).
 
     Returns:
         ``{"output": ..., "messages": [Message, ...], "program_s": float}``.
@@ -47,8 +49,8 @@ def party_main(rank: int, world_size: int, program: Callable[..., Any], args: tu
         raise ValueError(f"a secure run needs 3 processes (P0, P1, dealer), got world_size={world_size}")
     path = Path(input_dir) / f"party{rank}.pt"
     private = torch.load(path, weights_only=False) if path.exists() else None  # only its own file
-    ctx = Party(rank, DistTransport(rank), frac_bits=frac_bits, seed=seed, session=session, private=private,
-                keep_payloads=keep_payloads)
+    ctx = Party(rank, DistTransport(rank), frac_bits=frac_bits, session=session, insecure_seed=insecure_seed,
+                private=private, keep_payloads=keep_payloads)
     start = time.perf_counter()
     output = program(ctx, *args, **kwargs)
     ctx.transport.flush()
@@ -71,3 +73,16 @@ def exit_at_party(ctx: Party, bad_rank: int, shape: tuple[int, ...] = (4,)) -> A
     if ctx.rank == bad_rank:
         os._exit(3)
     return ctx.reveal(x * x)
+
+
+def secrecy_probe(ctx: Party, shape: tuple[int, ...] = (64,)) -> dict[str, Any]:
+    """A product and a ReLU of P0's ``x`` and P1's ``y``, revealed; each party also returns its
+    generator's seed and every payload it received (run with ``keep_payloads=True``).
+
+    For tests of secrecy only: an honest party never hands out its seed.
+    """
+    x = ctx.input(0, ctx.private, shape=shape)
+    y = ctx.input(1, ctx.private, shape=shape)
+    out = ctx.reveal((x * y).relu())
+    return {"seed": ctx.generator.seed, "received": list(ctx.received), "x_share": x.share, "secure": ctx.secure,
+            "output": out}

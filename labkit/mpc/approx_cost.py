@@ -101,9 +101,11 @@ def approx_program(ctx: Any, name: str, shape: tuple[int, ...], kwargs: dict[str
     return ctx.reveal(y)
 
 
-def secure_approx(name: str, x: torch.Tensor, *, seed: int = 0, frac_bits: int = 16,
+def secure_approx(name: str, x: torch.Tensor, *, insecure_seed: int | None = None, frac_bits: int = 16,
                   runtime: str = "simulator", **kwargs: Any) -> Any:
     """Evaluate approximation ``name`` on a secret ``x`` (owned by P0) with the engine.
+
+    The parties draw private randomness (``insecure_seed`` as in :func:`labkit.mpc.run`).
 
     Returns:
         The :class:`~labkit.mpc.MPCRun`: ``.output`` the revealed float64 result,
@@ -113,5 +115,5 @@ def secure_approx(name: str, x: torch.Tensor, *, seed: int = 0, frac_bits: int =
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return run(approx_program, args=(name, tuple(x.shape), kwargs), inputs={0: x}, seed=seed,
+    return run(approx_program, args=(name, tuple(x.shape), kwargs), inputs={0: x}, insecure_seed=insecure_seed,
                frac_bits=frac_bits, runtime=runtime)

@@ -46,7 +46,7 @@ from ..validation import check_int
 from .dealer import matmul_triple, mul_triple, square_pair
 from .ring import RING_BITS, broadcast_shape, check_ring, encode, ring_mm
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: results are built through the operand (x.wrap), no import cycle
     from .shared import Shared
 
 __all__ = ["beaver_matmul", "beaver_mul", "beaver_square", "finish_product", "public_matmul", "public_mul",
@@ -83,13 +83,11 @@ def finish_product(x: Shared, z: torch.Tensor, frac_bits: int) -> Shared:
     Returns:
         A ``Shared`` with ``frac_bits`` 0 or ``f``.
     """
-    from .shared import Shared
-
     ctx = x.ctx
     if frac_bits > ctx.frac_bits:  # fixed x fixed: 2f bits, drop f of them
         z = z if ctx.is_dealer else truncate_share(z, frac_bits - ctx.frac_bits, party=ctx.rank)
         frac_bits = ctx.frac_bits
-    return Shared(ctx, z, frac_bits)
+    return x.wrap(z, frac_bits)
 
 
 def truncate(x: Shared, bits: int) -> Shared:
@@ -98,12 +96,10 @@ def truncate(x: Shared, bits: int) -> Shared:
     Returns:
         A share of ``x / 2^bits`` (same ``frac_bits``), off by at most one unit.
     """
-    from .shared import Shared
-
     b = check_int("bits", bits, 0, RING_BITS - 2)
     ctx = x.ctx
     z = x.share >> b if ctx.is_dealer else truncate_share(x.share, b, party=ctx.rank)
-    return Shared(ctx, z, x.frac_bits)
+    return x.wrap(z)
 
 
 def _shapes_broadcast(x: Shared, y: Shared, op: str) -> tuple[int, ...]:
@@ -183,12 +179,10 @@ def public_mul(x: Shared, t: torch.Tensor, *, fractional: bool) -> Shared:
     Shapes:
         x, t broadcastable.
     """
-    from .shared import Shared
-
     ctx = x.ctx
     broadcast_shape(tuple(x.shape), tuple(t.shape), what="* (shared and public)")
     if not fractional:
-        return Shared(ctx, x.share * ctx.public(t.to(torch.int64)), x.frac_bits)
+        return x.wrap(x.share * ctx.public(t.to(torch.int64)))
     enc = ctx.public(encode(t.to(torch.float64), ctx.frac_bits))
     return finish_product(x, x.share * enc, x.frac_bits + ctx.frac_bits)
 

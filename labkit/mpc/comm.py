@@ -102,16 +102,19 @@ class MessageLog:
 
     Attributes:
         messages: the :class:`Message` records.
+        secure: ``False`` when the run drew its randomness from a public ``insecure_seed``
+            (then every party could reproduce every mask in this log).
     """
 
     messages: tuple[Message, ...] = ()
+    secure: bool = True
 
     @staticmethod
-    def merge(parts: Iterable[Iterable[Message]]) -> MessageLog:
+    def merge(parts: Iterable[Iterable[Message]], *, secure: bool = True) -> MessageLog:
         """One log from the parties' own logs (each party records what it sends)."""
         msgs = [m for part in parts for m in part]
         msgs.sort(key=lambda m: (m.phase != "online", m.round, m.sender, m.receiver))
-        return MessageLog(tuple(msgs))
+        return MessageLog(tuple(msgs), bool(secure))
 
     def select(self, *, scope: str | None = None, kind: str | None = None, phase: str | None = None) -> MessageLog:
         """The messages whose scope starts with ``scope`` (a path prefix), of that kind/phase."""
@@ -123,7 +126,7 @@ class MessageLog:
                 return False
             return (kind is None or m.kind == kind) and (phase is None or m.phase == phase)
 
-        return MessageLog(tuple(m for m in self.messages if keep(m)))
+        return MessageLog(tuple(m for m in self.messages if keep(m)), self.secure)
 
     def cost(self, *, scope: str | None = None) -> Cost:
         """Measured rounds and bytes (of the messages in ``scope``, or all of them).
@@ -152,8 +155,9 @@ class MessageLog:
         """Messages whose payload holds any of ``values`` (ring elements) verbatim.
 
         Needs a run with ``keep_payloads=True``. Use secrets whose encodings are not tiny
-        integers (a bit opened inside a comparison is 0 or 1 by design). Reveals are left
-        out by default: revealing is the one message meant to carry a result.
+        integers (a bit opened inside a comparison is 0 or 1 by design, an input's shape
+        header holds its sizes). Reveals are left out by default: revealing is the one
+        message meant to carry a result.
 
         Raises:
             ValueError: the log holds no payloads.

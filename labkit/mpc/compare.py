@@ -20,8 +20,8 @@ MSBs: it depends on the carry out of the 63 lower bits. So, in CrypTen's style:
 
 Rounds: 1 (generate) + 6 (prefix) + 1 (B2A) = 8; see :mod:`labkit.mpc.cost` for bytes.
 From the sign: ``relu(x) = x (1 - msb(x))``, ``x < y = msb(x - y)`` (valid while
-``|x - y| < 2^63`` in the ring), ``where(c, a, b) = b + c (a - b)``, and the max along a
-dimension by a tree of ``ceil(log2 n)`` compare-and-select levels.
+``|x - y| < 2^63`` in the ring), ``where(c, a, b) = b + c (a - b)``, and the max (and the
+index of the max) along a dimension by a tree of ``ceil(log2 n)`` compare-and-select levels.
 
 What the miniature leaves out: PUMA/ABY3's 3-party bit decomposition, comparison
 protocols with fewer rounds (log-depth trees with larger fan-in, function secret sharing),
@@ -42,9 +42,9 @@ import torch
 from .cost import ADDER_LEVELS
 from .dealer import and_triple, random_bits
 from .ring import broadcast_shape
-from .shared import Shared, cat
+from .shared import Shared, cat, stack
 
-__all__ = ["and_gates", "b2a", "greater_than", "less_than", "max_along", "msb", "relu", "where"]
+__all__ = ["and_gates", "argmax_along", "b2a", "greater_than", "less_than", "max_along", "msb", "relu", "where"]
 
 
 def and_gates(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -163,6 +163,19 @@ def where(cond: Any, a: Any, b: Any) -> Shared:
         return picked + b
 
 
+def _check_reduce(x: Any, dim: Any, what: str) -> int:
+    if not isinstance(x, Shared):
+        raise TypeError(f"{what} takes a Shared value, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError(f"{what} needs a tensor with at least one dimension")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim - 1}], got {dim!r}")
+    d = dim % x.ndim
+    if x.shape[d] == 0:
+        raise ValueError(f"{what}: dimension {d} is empty")
+    return d
+
+
 def max_along(x: Shared, *, dim: int = -1, keepdim: bool = False) -> Shared:
     """Maximum along ``dim`` by a tree of compare-and-select steps.
 
@@ -173,15 +186,7 @@ def max_along(x: Shared, *, dim: int = -1, keepdim: bool = False) -> Shared:
     Shapes:
         x (..., m, ...) -> without ``dim`` (or size 1 there when ``keepdim``).
     """
-    if not isinstance(x, Shared):
-        raise TypeError(f"max_along takes a Shared value, got {type(x).__name__}")
-    if x.ndim == 0:
-        raise ValueError("max_along needs a tensor with at least one dimension")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim - 1}], got {dim!r}")
-    d = dim % x.ndim
-    if x.shape[d] == 0:
-        raise ValueError(f"max_along: dimension {d} is empty")
+    d = _check_reduce(x, dim, "max_along")
     cur = x
     with x.ctx.scope("max"):
         while cur.shape[d] > 1:
@@ -191,3 +196,36 @@ def max_along(x: Shared, *, dim: int = -1, keepdim: bool = False) -> Shared:
             top = where(greater_than(first, second), first, second)
             cur = cat([top, cur.narrow(d, 2 * p, 1)], dim=d) if m % 2 else top
     return cur if keepdim else cur.squeeze(d)
+
+
+def argmax_along(x: Shared, *, dim: int = -1) -> Shared:
+    """Index of the maximum along ``dim``, still secret: the tree of :func:`max_along` carrying
+    each candidate's index beside its value.
+
+    The indices start as a public ``0 .. m-1`` (a sharing of a public value is free: P0 holds
+    it, P1 zero); at every level one Beaver product multiplies the comparison bit by the value
+    difference and the index difference together, so the rounds are those of the maximum
+    (9 per level). On ties the tree keeps one of the tied indices.
+
+    Returns:
+        A fixed-point ``Shared`` holding integers in ``[0, m)``: reveal and round.
+
+    Shapes:
+        x (..., m, ...) -> without ``dim``.
+    """
+    d = _check_reduce(x, dim, "argmax_along")
+    m = x.shape[d]
+    view = [1] * x.ndim
+    view[d] = m
+    with x.ctx.scope("argmax"):
+        index = x.wrap(torch.zeros_like(x.share), 0) + torch.arange(m).reshape(view)  # public 0..m-1, shape S (free)
+        pair = stack([x, index], dim=0)  # (2, *S): value and index travel together
+        dd = d + 1
+        while pair.shape[dd] > 1:
+            size = pair.shape[dd]
+            p = size // 2
+            first, second = pair.narrow(dd, 0, p), pair.narrow(dd, p, p)
+            bit = greater_than(first[0], second[0])  # (..., p, ...)
+            top = where(bit, first, second)  # one product: the bit times both differences
+            pair = cat([top, pair.narrow(dd, 2 * p, 1)], dim=dd) if size % 2 else top
+    return pair[1].squeeze(d)

@@ -20,7 +20,7 @@ Costs for ``n`` elements (words per party; times 8 for bytes):
 ==============  ======  =====================  ==========================
 protocol        rounds  online, each party     dealer -> each party
 ==============  ======  =====================  ==========================
-input           1       n (owner only)         0
+input           1       n + 9 (owner only)     0
 reveal          1       n (to one: sender)     0
 mul x*y         1       n_x + n_y              n_x + n_y + n_out
 square          1       n                      2n
@@ -29,6 +29,9 @@ msb / compare   8       20 n                   33 n
 relu            9       22 n                   36 n
 max (per level) 9       22 p  (p pairs)        36 p
 ==============  ======  =====================  ==========================
+
+input: the owner's message starts with a 9-word header (the rank of the shape, then up to 8
+sizes, zero-padded) that the receiver checks against the shape it declared.
 
 msb: one AND round for the generate bits ``G = a AND b``, log2(64) = 6 prefix levels of the
 Kogge-Stone adder (levels 1-5 open the propagate word once and two words against it: 3 n;
@@ -58,10 +61,13 @@ from .ring import broadcast_shape
 __all__ = [
     "ADDER_LEVELS",
     "BYTES_PER_ELEMENT",
+    "MAX_INPUT_DIMS",
     "MSB_DEALER_WORDS",
     "MSB_ONLINE_WORDS",
     "MSB_ROUNDS",
+    "SHAPE_HEADER_WORDS",
     "Cost",
+    "argmax_cost",
     "input_cost",
     "matmul_cost",
     "max_cost",
@@ -75,6 +81,8 @@ __all__ = [
 ]
 
 BYTES_PER_ELEMENT = 8  # one int64 ring element
+MAX_INPUT_DIMS = 8  # an input's shape travels in a fixed header: its rank, then up to 8 sizes
+SHAPE_HEADER_WORDS = 1 + MAX_INPUT_DIMS
 ADDER_LEVELS = 6  # log2(64) prefix levels of the Kogge-Stone adder
 MSB_ROUNDS = 1 + ADDER_LEVELS + 1  # generate bits, prefix levels, bit-to-arithmetic conversion
 MSB_ONLINE_WORDS = 2 + 3 * (ADDER_LEVELS - 1) + 2 + 1  # = 20 words per element per party
@@ -141,9 +149,9 @@ def input_cost(n: int, *, owner: int = 0) -> Cost:
     """Secret-sharing an input of ``n`` elements: the owner sends the other party one share.
 
     Returns:
-        1 round; ``8 n`` bytes sent by the owner.
+        1 round; ``8 (n + 9)`` bytes sent by the owner (the share and its shape header).
     """
-    k = _n("n", n) * BYTES_PER_ELEMENT
+    k = (_n("n", n) + SHAPE_HEADER_WORDS) * BYTES_PER_ELEMENT
     o = check_int("owner", owner, 0, 1)
     return Cost(1, (k, 0) if o == 0 else (0, k))
 
@@ -238,4 +246,27 @@ def max_cost(shape: tuple[int, ...], dim: int = -1) -> Cost:
         pairs = size // 2
         cost = cost + relu_cost(pairs * rest)
         size = pairs + size % 2
+    return cost
+
+
+def argmax_cost(shape: tuple[int, ...], dim: int = -1) -> Cost:
+    """Index of the maximum along ``dim`` (:func:`labkit.mpc.compare.argmax_along`).
+
+    The tree of :func:`max_cost`, whose select multiplies each comparison bit by two
+    differences at once (value and index): ``msb_cost(p) + mul_cost(p, 2 p, 2 p)`` per level
+    of ``p`` pairs, the same rounds as the maximum.
+    """
+    total = _numel("shape", shape)
+    if len(shape) == 0:
+        raise ValueError("argmax_cost: shape must have at least one dimension")
+    d = check_int("dim", dim, -len(shape), len(shape) - 1)
+    size = shape[d]
+    if size < 1:
+        raise ValueError(f"argmax_cost: dimension {d} is empty")
+    rest = total // size
+    cost = Cost()
+    while size > 1:
+        p = size // 2 * rest
+        cost = cost + msb_cost(p) + mul_cost(p, 2 * p, 2 * p)
+        size = size // 2 + size % 2
     return cost

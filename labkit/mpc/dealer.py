@@ -18,9 +18,16 @@ piece an int64 tensor, every secret value additively (or XOR) shared between the
 - :func:`random_bits`: a random bit ``r`` shared both ways (XOR and additive), for turning
   a XOR-shared bit into an additive one.
 
+The dealer draws with its own private generator (:class:`~labkit.mpc.prg.PRG`, seeded from
+the OS in its own process): P1 receives raw draws of it (its piece of each value is one), so a
+weak or public seed would let P1 replay the dealer, learn ``a`` and unmask ``e = x - a``.
+Chapter 14, section 2, runs that attack.
+
 What the miniature leaves out: the dealer is trusted and must not collude with either party
-(a real deployment replaces it by oblivious transfer or homomorphic encryption, as
-SecureML/Delphi do, or by a third computing party as ABY3/PUMA do); seed compression.
+(a colluding dealer hands P1 the other pieces: the same attack); a real deployment replaces it
+by oblivious transfer or homomorphic encryption, as SecureML/Delphi do, or by a third
+computing party as ABY3/PUMA do. Seed compression (a seed shared with one party replacing
+that party's pieces) is left out too.
 
 Shapes: ``shape_x`` and ``shape_y`` are the operands' shapes; the third piece has the
 broadcast (or matrix product) shape.
@@ -32,15 +39,17 @@ from __future__ import annotations
 
 import torch
 
+from .prg import PRG
 from .ring import broadcast_shape, random_ring, ring_mm
 from .sharing import share, share_xor
 
 __all__ = ["and_triple", "matmul_triple", "mul_triple", "random_bits", "square_pair"]
 
 Pieces = tuple[list[torch.Tensor], list[torch.Tensor]]
+Generator = PRG | torch.Generator
 
 
-def _split(values: list[torch.Tensor], generator: torch.Generator, *, xor: bool = False) -> Pieces:
+def _split(values: list[torch.Tensor], generator: Generator, *, xor: bool = False) -> Pieces:
     """Share each of ``values`` between P0 and P1; return the two lists of pieces."""
     p0, p1 = [], []
     for v in values:
@@ -57,7 +66,7 @@ def _shape(name: str, shape: object) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def mul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: torch.Generator) -> Pieces:
+def mul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: Generator) -> Pieces:
     """Beaver triple for ``x * y``: uniform ``a`` (shape of x), ``b`` (shape of y), ``c = a * b``.
 
     Returns:
@@ -70,7 +79,7 @@ def mul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator:
     return _split([a, b, a * b], generator)  # c = a * b, wrapping
 
 
-def square_pair(shape: tuple[int, ...], *, generator: torch.Generator) -> Pieces:
+def square_pair(shape: tuple[int, ...], *, generator: Generator) -> Pieces:
     """Pair for ``x^2``: uniform ``a`` and ``a^2``.
 
     Returns:
@@ -80,7 +89,7 @@ def square_pair(shape: tuple[int, ...], *, generator: torch.Generator) -> Pieces
     return _split([a, a * a], generator)
 
 
-def matmul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: torch.Generator) -> Pieces:
+def matmul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: Generator) -> Pieces:
     """Beaver triple for ``X @ Y``: uniform ``A``, ``B`` and ``C = A @ B`` mod 2^64.
 
     Shapes:
@@ -92,7 +101,7 @@ def matmul_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generat
     return _split([a, b, ring_mm(a, b)], generator)
 
 
-def and_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: torch.Generator) -> Pieces:
+def and_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator: Generator) -> Pieces:
     """Bitwise AND triple on 64-bit words: uniform ``u``, ``v`` and ``w = u AND v``, XOR-shared.
 
     Each of the 64 bit positions is an independent Boolean Beaver triple: one word carries
@@ -108,14 +117,14 @@ def and_triple(shape_x: tuple[int, ...], shape_y: tuple[int, ...], *, generator:
     return _split([u, v, u & v], generator, xor=True)
 
 
-def random_bits(shape: tuple[int, ...], *, generator: torch.Generator) -> Pieces:
+def random_bits(shape: tuple[int, ...], *, generator: Generator) -> Pieces:
     """A uniform bit ``r`` per element, shared twice: as XOR shares and as additive shares.
 
     Returns:
         ``([rx0, ra0], [rx1, ra1])`` with ``rx0 ^ rx1 = r`` (words 0/1) and ``ra0 + ra1 = r``.
     """
     s = _shape("shape", shape)
-    r = torch.randint(0, 2, s, generator=generator, dtype=torch.int64)
-    x0 = torch.randint(0, 2, s, generator=generator, dtype=torch.int64)
+    r = random_ring(s, generator=generator) & 1
+    x0 = random_ring(s, generator=generator) & 1
     a0, a1 = share(r, n_parties=2, generator=generator)
     return [x0, a0], [x0 ^ r, a1]

@@ -15,6 +15,16 @@ anything): at each step that needs correlated randomness it draws it, sends the 
 parties their pieces and moves on; it never receives a message, so its traffic is
 input-independent and could all be sent beforehand.
 
+Randomness: each party owns a private generator (:class:`~labkit.mpc.prg.PRG`) seeded from
+the OS inside its own thread or process; no seed is a public argument, none is ever sent.
+Only a run opted into ``insecure_seed`` derives the generators from a public integer (for
+bit-identical reruns), and every result of such a run says ``secure=False``.
+
+Values: the engine knows shared values only through the class registered with
+:meth:`Party.register_value_type` (``Shared`` registers itself), so this module does not import
+:mod:`labkit.mpc.shared`; protocol functions return their results through their operands
+(``x.wrap(share, frac_bits)``), as CrypTen's protocols return through the tensor they act on.
+
 The primitives for writing a protocol (:mod:`labkit.mpc.beaver` and
 :mod:`labkit.mpc.compare` are the examples): :meth:`Party.correlated` (pieces from the dealer),
 :meth:`Party.exchange` (P0 and P1 swap tensors in one round), :meth:`Party.open` /
@@ -34,26 +44,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..validation import check_int
 from .comm import DEALER, Message, MPCError
+from .cost import MAX_INPUT_DIMS, SHAPE_HEADER_WORDS
+from .prg import PRG, insecure_prg
 from .ring import check_frac_bits, decode, encode
+from .sharing import share
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the engine never imports the value type at run time
     from .shared import Shared
 
-__all__ = ["Party", "party_generator"]
+__all__ = ["Party"]
 
 Shape = tuple[int, ...]
 
 
-def party_generator(seed: int, rank: int) -> torch.Generator:
-    """The seeded generator of party ``rank`` in a run with ``seed`` (shares, dealer pieces)."""
-    check_int("seed", seed, 0)
-    return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
+def _shape_header(shape: Shape) -> torch.Tensor:
+    """The fixed-size header announcing an input's shape: ``[ndim, d_0, ..., d_{ndim-1}, 0, ...]``."""
+    return torch.tensor([len(shape), *shape] + [0] * (MAX_INPUT_DIMS - len(shape)), dtype=torch.int64)
+
+
+def _header_shape(header: torch.Tensor) -> Shape:
+    """Inverse of :func:`_shape_header` (a malformed header reads as ``(-1,)``)."""
+    words = header.tolist()
+    ndim = words[0]
+    return tuple(words[1:1 + ndim]) if 0 <= ndim <= MAX_INPUT_DIMS else (-1,)
 
 
 def _as_shape(name: str, shape: object) -> Shape:
@@ -72,28 +91,55 @@ class Party:
         rank: 0 or 1 (computing parties) or 2 (the dealer).
         transport: a :class:`~labkit.mpc.comm.ThreadTransport` or ``DistTransport``.
         frac_bits: fixed-point fractional bits ``f`` of this run.
-        seed: seeds this party's generator (:func:`party_generator`).
         session: identifier of the run; shares of different runs cannot be mixed.
+        insecure_seed: ``None`` (default): this party's generator is seeded from the OS here,
+            privately. An int: derive it from that public number and the rank
+            (:func:`~labkit.mpc.prg.insecure_prg`), so every party can replay every other.
         private: this party's private input (whatever the run was given for it), or ``None``.
-        keep_payloads: keep a copy of every sent payload in the log (debug/leak tests).
+        keep_payloads: keep a copy of every sent and received payload (debug/leak tests).
 
     Attributes:
-        rank, frac_bits, session, private, generator, messages (sent by this party).
+        rank, frac_bits, session, private, generator (this party's PRG), secure (whether the
+        generator is private), messages (sent by this party), received (``(sender, payload)``
+        pairs, kept only with ``keep_payloads``).
     """
 
-    def __init__(self, rank: int, transport: Any, *, frac_bits: int, seed: int, session: str,
-                 private: Any = None, keep_payloads: bool = False) -> None:
+    value_type: ClassVar[type | None] = None  # the shared-value class (registered by labkit.mpc.shared)
+
+    def __init__(self, rank: int, transport: Any, *, frac_bits: int, session: str,
+                 insecure_seed: int | None = None, private: Any = None, keep_payloads: bool = False) -> None:
         self.rank = check_int("rank", rank, 0, DEALER)
         self.transport = transport
         self.frac_bits = check_frac_bits(frac_bits)
         self.session = session
         self.private = private
         self.keep_payloads = bool(keep_payloads)
-        self.generator = party_generator(seed, self.rank)
+        self.secure = insecure_seed is None
+        self.generator: PRG = PRG.from_os() if self.secure else insecure_prg(insecure_seed, self.rank)
         self.messages: list[Message] = []
+        self.received: list[tuple[int, torch.Tensor]] = []
         self.rounds = 0  # online rounds this party took part in
         self._dealer_sends = 0
         self._scope: list[str] = []
+
+    @classmethod
+    def register_value_type(cls, value_type: type) -> type:
+        """Class decorator: the shared-value type that :meth:`input` builds and protocols accept.
+
+        Its constructor takes ``(ctx, share, frac_bits)``.
+        """
+        cls.value_type = value_type
+        return value_type
+
+    def _wrap(self, share_: torch.Tensor, frac_bits: int) -> Shared:
+        if Party.value_type is None:
+            raise MPCError("no shared-value type registered (import labkit.mpc)")
+        return Party.value_type(self, share_, frac_bits)
+
+    def _check_value(self, what: str, value: object) -> None:
+        if Party.value_type is None or not isinstance(value, Party.value_type):
+            raise TypeError(f"{what} takes Shared values, got {type(value).__name__}")
+        self.check_owns(value)
 
     # ----- identity -------------------------------------------------------------------
     @property
@@ -137,9 +183,14 @@ class Party:
         return "/".join(self._scope)
 
     # ----- sending --------------------------------------------------------------------
-    def _send(self, dst: int, kind: str, payload: torch.Tensor, *, phase: str, round_: int) -> None:
+    def _send(self, dst: int, kind: str, payload: torch.Tensor, *, phase: str, round_: int,
+              header: torch.Tensor | None = None) -> None:
+        """Send one message (logged once); a ``header`` travels as its own fixed-size frame first."""
         flat = payload.reshape(-1)
-        self.transport.send(dst, flat)
+        if header is not None:
+            self.transport.send(dst, header)
+            flat = torch.cat([header, flat])
+        self.transport.send(dst, flat[0 if header is None else header.numel():])
         self.messages.append(Message(
             sender=self.rank, receiver=dst, kind=kind, nbytes=flat.numel() * 8, round=round_, phase=phase,
             scope=self.scope_path or kind, payload=flat.clone() if self.keep_payloads else None))
@@ -147,6 +198,8 @@ class Party:
     def _recv(self, src: int, shapes: Sequence[Shape]) -> list[torch.Tensor]:
         sizes = [math.prod(s) for s in shapes]
         flat = self.transport.recv(src, sum(sizes))
+        if self.keep_payloads:
+            self.received.append((src, flat.clone()))
         return [t.reshape(s) for t, s in zip(flat.split(sizes), shapes)]
 
     def placeholders(self, shapes: Sequence[Shape]) -> list[torch.Tensor]:
@@ -181,12 +234,8 @@ class Party:
         Use only on *masked* values (e.g. ``x - a`` for a dealer-random ``a``): the result
         is public. For outputs use :meth:`reveal`.
         """
-        from .shared import Shared
-
         for v in values:
-            if not isinstance(v, Shared):
-                raise TypeError(f"open takes Shared values, got {type(v).__name__}")
-            self.check_owns(v)
+            self._check_value("open", v)
         theirs = self.exchange([v.share for v in values], kind="open")
         return [v.share + t for v, t in zip(values, theirs)]
 
@@ -238,26 +287,32 @@ class Party:
         """Secret-share a private tensor of party ``owner`` (one message: owner -> peer).
 
         The owner encodes ``value`` in fixed point (``frac_bits``, default the run's ``f``;
-        ``0`` for integers), draws a uniform share ``r`` with its generator, keeps
-        ``x - r`` and sends ``r``. Every party calls this line; only the owner reads ``value``.
+        ``0`` for integers), draws a uniform share ``r`` with its private generator, keeps
+        ``x - r`` and sends ``r``, preceded by a header with its shape
+        (:data:`SHAPE_HEADER_WORDS` words: the rank, then the sizes, zero-padded). The receiver
+        checks that header against its own ``shape``. Every party calls this line; only the
+        owner reads ``value``.
 
         Args:
             owner: 0 or 1 (the dealer never has inputs).
             value: the owner's plaintext (tensor or number); ignored at other parties.
-            shape: the input's shape; required at the non-owners, checked at the owner.
+            shape: the input's shape (at most :data:`MAX_INPUT_DIMS` dimensions); required at
+                the non-owners, checked at the owner.
             frac_bits: ``self.frac_bits`` (fixed point) or 0 (integers).
 
         Returns:
             This party's :class:`~labkit.mpc.shared.Shared` of the input.
-        """
-        from .sharing import share
-        from .shared import Shared
 
+        Raises:
+            MPCError: at the receiver, when the owner's shape differs from the declared one.
+        """
         owner = check_int("owner", owner, 0, 1)
         fb = self.frac_bits if frac_bits is None else check_int("frac_bits", frac_bits, 0, self.frac_bits)
         if fb not in (0, self.frac_bits):
             raise ValueError(f"input: frac_bits must be 0 (integer) or the run's {self.frac_bits}, got {fb}")
         want = None if shape is None else _as_shape("shape", shape)
+        if want is not None and len(want) > MAX_INPUT_DIMS:
+            raise ValueError(f"input: shape may have at most {MAX_INPUT_DIMS} dimensions, got {want}")
         with self.scope("input"):
             if self.rank == owner:
                 if isinstance(value, bool) or not isinstance(value, (torch.Tensor, int, float)):
@@ -270,18 +325,27 @@ class Party:
                     raise ValueError(f"input: value has shape {tuple(plain.shape)} but shape={want}")
                 if fb == 0 and plain.is_floating_point() and not bool((plain == plain.round()).all()):
                     raise ValueError("input: frac_bits=0 (integer input) but the value has fractional parts")
+                if plain.dim() > MAX_INPUT_DIMS:
+                    raise ValueError(f"input: value may have at most {MAX_INPUT_DIMS} dimensions, "
+                                     f"got shape {tuple(plain.shape)}")
                 ring = encode(plain.to(torch.float64), fb) if fb > 0 else plain.to(torch.int64)
                 mine, sent = share(ring, n_parties=2, generator=self.generator)
-                self._send(self.peer, "input", sent, phase="online", round_=self.rounds)
+                self._send(self.peer, "input", sent, phase="online", round_=self.rounds,
+                           header=_shape_header(tuple(plain.shape)))
                 self.rounds += 1
-                return Shared(self, mine, fb)
+                return self._wrap(mine, fb)
             if want is None:
                 raise ValueError(f"input: party {self.rank} does not own this input and needs shape=...")
             if self.is_dealer:
-                return Shared(self, torch.zeros(want, dtype=torch.int64), fb)
+                return self._wrap(torch.zeros(want, dtype=torch.int64), fb)
+            (header,) = self._recv(owner, [(SHAPE_HEADER_WORDS,)])
+            declared = _header_shape(header)
+            if declared != want:
+                raise MPCError(f"input: party {owner} shares a value of shape {declared}, but party {self.rank} "
+                               f"declared shape={want} for it (the parties must agree on every input's shape)")
             (got,) = self._recv(owner, [want])
             self.rounds += 1
-            return Shared(self, got, fb)
+            return self._wrap(got, fb)
 
     def reveal(self, x: Shared, *, to: int | None = None) -> torch.Tensor | None:
         """Open ``x`` to both computing parties (``to=None``) or to one (``to=0`` or ``1``).
@@ -290,11 +354,7 @@ class Party:
             At a recipient: the decoded plaintext (float64 for fixed point, int64 for
             integers). Elsewhere (the other party, the dealer): ``None``.
         """
-        from .shared import Shared
-
-        if not isinstance(x, Shared):
-            raise TypeError(f"reveal takes a Shared value, got {type(x).__name__}")
-        self.check_owns(x)
+        self._check_value("reveal", x)
         if to is not None:
             to = check_int("to", to, 0, 1)
         if self.is_dealer:

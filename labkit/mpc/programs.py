@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from .compare import max_along, msb, where
+from .compare import argmax_along, max_along, msb, where
 from .engine import Party
 
 __all__ = ["OPS", "add_program", "mlp_program", "op_program", "private_part"]
 
-OPS = ("add", "mul", "square", "matmul", "mul_public", "truncate", "msb", "relu", "lt", "where", "max")
+OPS = ("add", "mul", "square", "matmul", "mul_public", "truncate", "msb", "relu", "lt", "where", "max", "argmax")
 
 
 def private_part(ctx: Party, owner: int, key: str | None = None) -> Any:
@@ -58,7 +58,7 @@ def op_program(ctx: Party, op: str, shape_x: tuple[int, ...], shape_y: tuple[int
     Args:
         op: one of :data:`OPS`. ``mul_public`` multiplies by 0.5, ``truncate`` divides by
             ``2^bits``, ``lt`` is ``x < y``, ``where`` selects ``x`` where ``x > y`` else
-            ``y``, ``max`` reduces the last dimension.
+            ``y``, ``max`` and ``argmax`` reduce the last dimension.
         shape_x, shape_y: input shapes (``shape_y`` for add, mul, matmul, lt, where).
 
     Returns:
@@ -92,8 +92,10 @@ def op_program(ctx: Party, op: str, shape_x: tuple[int, ...], shape_y: tuple[int
             z = x < y
         elif op == "where":
             z = where(x > y, x, y)
-        else:
+        elif op == "max":
             z = max_along(x, dim=-1)
+        else:
+            z = argmax_along(x, dim=-1)
     return ctx.reveal(z)
 
 

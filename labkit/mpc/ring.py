@@ -12,14 +12,23 @@ Reals enter the ring as fixed point: ``v`` is stored as the integer ``round(v * 
 of encodings are encodings of sums; a product carries ``2f`` fractional bits and must be
 shifted right by ``f`` (truncation, see :mod:`labkit.mpc.beaver`).
 
-Here: uniform ring elements from a seeded generator, conversion to and from Python integers
-(to check wrap-around against exact arithmetic mod 2^64), fixed-point encode/decode with
-``f`` fractional bits (default 16), and the top byte / bit extraction that the notebooks use
-to test that shares look uniform.
+Here: uniform ring elements (from a party's private :class:`~labkit.mpc.prg.PRG`, or from a
+seeded ``torch.Generator`` for reproducible demonstrations on plain tensors), conversion to
+and from Python integers (to check wrap-around against exact arithmetic mod 2^64),
+fixed-point encode/decode with ``f`` fractional bits (default 16), and the top byte / bit
+extraction that the notebooks use to test that shares look uniform.
+
+Ranges: :func:`encode` accepts ``|v| < 2^(62 - f)`` (:func:`representable_range`), so that a sum
+of two encodings still fits in 63 bits. A *product* of two secrets is far tighter: before
+truncation it carries ``2f`` fractional bits, and SecureML's local truncation
+(:mod:`labkit.mpc.beaver`) is only right modulo ``2^(64 - 2f)``: each element comes out
+shifted by that much with probability ``|x y| / 2^(64 - 2f)`` (:func:`product_range`: 2^32 =
+4.3e9 at f = 16). Reliable products stay orders of magnitude below it: ``x * x`` for
+``x = 4e4`` (1.6e9) comes out as ``1.6e9 - 2^32 = -2.69e9`` for about 37% of the elements.
 
 What the miniature leaves out: rings of other sizes (Z_2^32 halves traffic, PUMA/SPU use
-both), fields (Shamir sharing), and fixed-point overflow detection: a value must stay below
-2^(63-f) in magnitude, which the caller keeps in mind.
+both), fields (Shamir sharing), and fixed-point overflow detection on shared values: the
+caller keeps the ranges above in mind.
 
 Shapes: any; every function works elementwise on int64 (ring) or float (plain) tensors.
 
@@ -33,6 +42,7 @@ import math
 import torch
 
 from ..validation import check_int
+from .prg import PRG
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
@@ -46,6 +56,7 @@ __all__ = [
     "from_int",
     "random_ring",
     "representable_range",
+    "product_range",
     "ring_mm",
     "to_int",
     "top_byte",
@@ -94,23 +105,27 @@ def check_ring(name: str, tensor: object) -> torch.Tensor:
     return tensor
 
 
-def random_ring(shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator,
+def random_ring(shape: tuple[int, ...] | torch.Size, *, generator: PRG | torch.Generator,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Uniform elements of Z_2^64, drawn from ``generator``.
 
-    ``torch.randint`` cannot draw the whole int64 range at once, so two independent
-    uniform 32-bit halves are glued: ``hi * 2^32 + lo``, uniform over all 2^64 words.
+    A :class:`~labkit.mpc.prg.PRG` (a party's private randomness) gives whole 64-bit words.
+    A ``torch.Generator`` (plain-tensor demonstrations and tests, reproducible but not secret)
+    cannot draw the whole int64 range at once, so two independent uniform 32-bit halves are
+    glued: ``hi * 2^32 + lo``, uniform over all 2^64 words.
 
     Args:
         shape: output shape.
-        generator: a seeded ``torch.Generator`` (every party owns one: runs are reproducible).
+        generator: a party's :class:`~labkit.mpc.prg.PRG`, or a seeded ``torch.Generator``.
         device: where the tensor lives.
 
     Returns:
         An int64 tensor of ``shape``.
     """
+    if isinstance(generator, PRG):
+        return generator.words(tuple(shape)).to(device)
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise TypeError(f"generator must be a labkit.mpc.PRG or a torch.Generator, got {type(generator).__name__}")
     shape = tuple(shape)
     hi = torch.randint(0, 2**32, shape, generator=generator, dtype=torch.int64)
     lo = torch.randint(0, 2**32, shape, generator=generator, dtype=torch.int64)
@@ -196,6 +211,17 @@ def top_byte(ring: torch.Tensor) -> torch.Tensor:
 def representable_range(frac_bits: int = DEFAULT_FRAC_BITS) -> float:
     """Largest magnitude :func:`encode` accepts: ``2^(62 - f)``."""
     return math.ldexp(1.0, RING_BITS - 2 - check_frac_bits(frac_bits))
+
+
+def product_range(frac_bits: int = DEFAULT_FRAC_BITS) -> float:
+    """The scale ``R = 2^(64 - 2f)`` that bounds a product of two fixed-point secrets.
+
+    The untruncated product carries ``x y 2^(2f)``; SecureML's truncation
+    (:func:`labkit.mpc.beaver.truncate_share`) returns ``x y`` or ``x y - R`` (sign-adjusted),
+    the wrong one with probability ``|x y| / R`` per element. So ``|x y|`` must stay far
+    below ``R`` (``2^-k R`` for a failure rate of ``2^-k``); at ``R`` every element is wrong.
+    """
+    return math.ldexp(1.0, RING_BITS - 2 * check_frac_bits(frac_bits))
 
 
 def ring_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,15 @@ are separate machines exchanging messages. The book runs the same program two wa
   program must be an importable module-level function (the children import it by name).
 
 Both give the same :class:`MPCRun`: each party's return value, the merged message log and
-times. Each party's randomness comes from ``seed`` and its rank, so the two runtimes compute
-bit-identical results and logs. A party that raises, dies or waits past ``timeout`` ends
-the run with an error, never a hang.
+times. A party that raises, dies or waits past ``timeout`` ends the run with an error, never
+a hang.
+
+Randomness is private by default: each party seeds its own generator from the OS inside its
+thread or process (:class:`~labkit.mpc.prg.PRG`); nothing random is passed in, so two runs
+of the same program send different messages and reveal the same result. To reproduce a run
+bit for bit (the simulator against the processes), pass ``insecure_seed=``: every party's
+generator then derives from that public integer and its rank, any party can replay any
+other's masks, and the result and its log say ``secure=False``.
 
 A program is ``program(ctx, *args, **kwargs)``: ``ctx`` is the party's
 :class:`~labkit.mpc.engine.Party`; ``args``/``kwargs`` are public (the same everywhere);
@@ -66,6 +72,7 @@ class MPCRun:
         wall_s: seconds for the whole run, start-up of threads/processes included.
         program_s: seconds each party spent in the program.
         session: the run's identifier.
+        secure: ``False`` when the run used ``insecure_seed`` (reproducible, not secret).
     """
 
     outputs: tuple[Any, Any, Any]
@@ -74,6 +81,7 @@ class MPCRun:
     wall_s: float
     program_s: tuple[float, float, float]
     session: str
+    secure: bool
 
     @property
     def output(self) -> Any:
@@ -86,8 +94,9 @@ class MPCRun:
 
 
 def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple = (),
-        kwargs: dict[str, Any] | None = None, inputs: dict[int, Any] | None = None, seed: int = 0,
-        frac_bits: int = DEFAULT_FRAC_BITS, keep_payloads: bool = False, timeout: float = 60.0) -> MPCRun:
+        kwargs: dict[str, Any] | None = None, inputs: dict[int, Any] | None = None,
+        insecure_seed: int | None = None, frac_bits: int = DEFAULT_FRAC_BITS, keep_payloads: bool = False,
+        timeout: float = 60.0) -> MPCRun:
     """Run ``program(ctx, *args, **kwargs)`` at P0, P1 and the dealer P2.
 
     Args:
@@ -95,7 +104,9 @@ def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple 
         runtime: ``"simulator"`` (threads) or ``"processes"`` (spawned, gloo).
         args, kwargs: public arguments, passed to every party.
         inputs: private inputs by party, ``{0: ..., 1: ...}``; party r reads ``ctx.private``.
-        seed: seeds every party's generator (shares, dealer randomness).
+        insecure_seed: ``None`` (default): every party draws private randomness from the OS.
+            An int: every party's generator derives from it (bit-identical reruns, no
+            secrecy: the result is marked ``secure=False``).
         frac_bits: fixed-point fractional bits ``f`` (1..30).
         keep_payloads: keep a copy of every payload in the log (for leak checks; memory).
         timeout: seconds allowed (processes: start-up included).
@@ -120,12 +131,14 @@ def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple 
     inputs = {} if inputs is None else inputs
     if not isinstance(inputs, dict) or any(k not in (0, 1) or isinstance(k, bool) for k in inputs):
         raise ValueError("inputs must be a dict keyed by the computing parties 0 and 1 (the dealer has no inputs)")
-    check_int("seed", seed, 0)
+    if insecure_seed is not None:
+        check_int("insecure_seed", insecure_seed, 0)
     check_frac_bits(frac_bits)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
             timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-    common = dict(args=tuple(args), kwargs=dict(kwargs or {}), inputs=inputs, seed=seed, frac_bits=frac_bits,
+    common = dict(args=tuple(args), kwargs=dict(kwargs or {}), inputs=inputs, insecure_seed=insecure_seed,
+                  frac_bits=frac_bits,
                   keep_payloads=bool(keep_payloads), timeout=float(timeout), session=uuid.uuid4().hex[:8])
     if runtime == "simulator":
         return _simulate(program, **common)
@@ -136,8 +149,8 @@ class _Aborted(MPCError):
     """A party stopped because another one failed (not the cause of the failure)."""
 
 
-def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs: dict, seed: int, frac_bits: int,
-              keep_payloads: bool, timeout: float, session: str) -> MPCRun:
+def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs: dict, insecure_seed: int | None,
+              frac_bits: int, keep_payloads: bool, timeout: float, session: str) -> MPCRun:
     queues = {(i, j): queue.Queue() for i in range(N_PARTIES) for j in range(N_PARTIES) if i != j}
     abort = threading.Event()
     outputs: list[Any] = [None] * N_PARTIES
@@ -150,8 +163,8 @@ def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs:
         start = time.perf_counter()
         try:
             transport = ThreadTransport(rank, queues, abort, timeout)
-            ctx = Party(rank, transport, frac_bits=frac_bits, seed=seed, session=session,
-                        private=inputs.get(rank), keep_payloads=keep_payloads)
+            ctx = Party(rank, transport, frac_bits=frac_bits, session=session, insecure_seed=insecure_seed,
+                        private=inputs.get(rank), keep_payloads=keep_payloads)  # draws its own seed here
             parties[rank] = ctx
             outputs[rank] = program(ctx, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
@@ -181,8 +194,9 @@ def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs:
             exc.add_note(f"(raised at party P{rank} of the simulated run {session})")
             raise exc
         raise MPCError(f"party {rank} failed: {exc!r}", rank=rank) from exc
-    log = MessageLog.merge(p.messages for p in parties if p is not None)
-    return MPCRun(tuple(outputs), log, "simulator", wall, tuple(times), session)
+    secure = insecure_seed is None
+    log = MessageLog.merge((p.messages for p in parties if p is not None), secure=secure)
+    return MPCRun(tuple(outputs), log, "simulator", wall, tuple(times), session, secure)
 
 
 def _check_importable(program: Callable[..., Any]) -> None:
@@ -195,8 +209,8 @@ def _check_importable(program: Callable[..., Any]) -> None:
             f"(e.g. labkit.mpc.programs) or use runtime='simulator', which runs any function.")
 
 
-def _processes(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs: dict, seed: int, frac_bits: int,
-               keep_payloads: bool, timeout: float, session: str) -> MPCRun:
+def _processes(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs: dict, insecure_seed: int | None,
+               frac_bits: int, keep_payloads: bool, timeout: float, session: str) -> MPCRun:
     from ..dist import LaunchError, LaunchTimeout, launch
 
     _check_importable(program)
@@ -205,7 +219,7 @@ def _processes(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs
             torch.save(value, Path(folder) / f"party{rank}.pt")  # each party reads only its own file
         start = time.perf_counter()
         try:
-            reports = launch(party_main, N_PARTIES, args=(program, args, kwargs, folder, seed, frac_bits,
+            reports = launch(party_main, N_PARTIES, args=(program, args, kwargs, folder, insecure_seed, frac_bits,
                                                          keep_payloads, session), timeout=timeout)
         except LaunchTimeout as exc:
             raise MPCTimeout(f"processes: parties {exc.ranks} had not finished after timeout={timeout} s") from exc
@@ -216,6 +230,7 @@ def _processes(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs
                 hint = " (its peer's connection closed: another party probably died first)"
             raise MPCError(f"processes: {who} failed{hint}: {exc}", rank=exc.rank) from exc
         wall = time.perf_counter() - start
-    log = MessageLog.merge(r["messages"] for r in reports)
+    secure = insecure_seed is None
+    log = MessageLog.merge((r["messages"] for r in reports), secure=secure)
     return MPCRun(tuple(r["output"] for r in reports), log, "processes", wall,
-                  tuple(r["program_s"] for r in reports), session)
+                  tuple(r["program_s"] for r in reports), session, secure)

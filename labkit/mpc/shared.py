@@ -38,9 +38,8 @@ from .ring import broadcast_shape, check_ring, encode
 
 __all__ = ["Shared", "cat", "stack"]
 
-Public = int | float | torch.Tensor
 
-
+@Party.register_value_type
 class Shared:
     """This party's additive share of a secret tensor.
 
@@ -104,14 +103,18 @@ class Shared:
         return self.ctx.reveal(self, to=to)
 
     # ----- coercion ---------------------------------------------------------------------
-    def _new(self, share: torch.Tensor, frac_bits: int | None = None) -> Shared:
+    def wrap(self, share: torch.Tensor, frac_bits: int | None = None) -> Shared:
+        """A value of the same party holding ``share`` (``frac_bits`` defaults to this value's).
+
+        Protocol functions return their results this way, through their operand.
+        """
         return Shared(self.ctx, share, self.frac_bits if frac_bits is None else frac_bits)
 
     def to_fixed(self) -> Shared:
         """The same value with ``f`` fractional bits (an integer times ``2^f``: local, free)."""
         if self.is_fixed:
             return self
-        return self._new(self.share << self.ctx.frac_bits, self.ctx.frac_bits)
+        return self.wrap(self.share << self.ctx.frac_bits, self.ctx.frac_bits)
 
     def _align(self, other: Shared) -> tuple[Shared, Shared]:
         self.ctx.check_owns(other)
@@ -144,16 +147,16 @@ class Shared:
         if isinstance(other, Shared):
             a, b = self._align(other)
             _check_broadcast(a.shape, b.shape, "+")
-            return a._new(a.share + b.share)
+            return a.wrap(a.share + b.share)
         x, enc = self._encode_public(other)
         _check_broadcast(x.shape, enc.shape, "+")
         # only P0 adds a public value; P1 adds zeros so both shares take the broadcast shape
-        return x._new(x.share + (enc if self.ctx.rank == 0 else torch.zeros_like(enc)))
+        return x.wrap(x.share + (enc if self.ctx.rank == 0 else torch.zeros_like(enc)))
 
     __radd__ = __add__
 
     def __neg__(self) -> Shared:
-        return self._new(-self.share)
+        return self.wrap(-self.share)
 
     def __sub__(self, other: Any) -> Shared:
         if isinstance(other, Shared):
@@ -203,8 +206,8 @@ class Shared:
     # ----- reductions and views (free) ----------------------------------------------------------
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Shared:
         if dim is None:
-            return self._new(self.share.sum())
-        return self._new(self.share.sum(dim=dim, keepdim=keepdim))
+            return self.wrap(self.share.sum())
+        return self.wrap(self.share.sum(dim=dim, keepdim=keepdim))
 
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Shared:
         """Sum, then a public multiplication by ``1 / count`` (fixed point, truncated)."""
@@ -213,39 +216,39 @@ class Shared:
         return self.sum(dim, keepdim) * (1.0 / count)
 
     def reshape(self, *shape: Any) -> Shared:
-        return self._new(self.share.reshape(*shape))
+        return self.wrap(self.share.reshape(*shape))
 
     def view(self, *shape: Any) -> Shared:
-        return self._new(self.share.view(*shape))
+        return self.wrap(self.share.view(*shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Shared:
-        return self._new(self.share.flatten(start_dim, end_dim))
+        return self.wrap(self.share.flatten(start_dim, end_dim))
 
     def transpose(self, dim0: int, dim1: int) -> Shared:
-        return self._new(self.share.transpose(dim0, dim1))
+        return self.wrap(self.share.transpose(dim0, dim1))
 
     def permute(self, *dims: Any) -> Shared:
-        return self._new(self.share.permute(*dims))
+        return self.wrap(self.share.permute(*dims))
 
     def unsqueeze(self, dim: int) -> Shared:
-        return self._new(self.share.unsqueeze(dim))
+        return self.wrap(self.share.unsqueeze(dim))
 
     def squeeze(self, dim: int | None = None) -> Shared:
-        return self._new(self.share.squeeze() if dim is None else self.share.squeeze(dim))
+        return self.wrap(self.share.squeeze() if dim is None else self.share.squeeze(dim))
 
     def expand(self, *sizes: Any) -> Shared:
-        return self._new(self.share.expand(*sizes))
+        return self.wrap(self.share.expand(*sizes))
 
     def narrow(self, dim: int, start: int, length: int) -> Shared:
-        return self._new(self.share.narrow(dim, start, length))
+        return self.wrap(self.share.narrow(dim, start, length))
 
     @property
     def mT(self) -> Shared:  # noqa: N802 - mirrors torch.Tensor.mT
         """Transpose of the last two dimensions."""
-        return self._new(self.share.mT)
+        return self.wrap(self.share.mT)
 
     def __getitem__(self, index: Any) -> Shared:
-        return self._new(self.share[index])
+        return self.wrap(self.share[index])
 
     # ----- comparisons (adder circuit) ------------------------------------------------------------
     def msb(self) -> Shared:
@@ -301,10 +304,10 @@ def _check_many(values: Sequence[Shared], what: str) -> list[Shared]:
 def cat(values: Sequence[Shared], dim: int = 0) -> Shared:
     """Concatenate shares (free: each party concatenates its own)."""
     vs = _check_many(values, "cat")
-    return vs[0]._new(torch.cat([v.share for v in vs], dim=dim))
+    return vs[0].wrap(torch.cat([v.share for v in vs], dim=dim))
 
 
 def stack(values: Sequence[Shared], dim: int = 0) -> Shared:
     """Stack shares along a new dimension (free)."""
     vs = _check_many(values, "stack")
-    return vs[0]._new(torch.stack([v.share for v in vs], dim=dim))
+    return vs[0].wrap(torch.stack([v.share for v in vs], dim=dim))

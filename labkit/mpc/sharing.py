@@ -12,8 +12,14 @@ Boolean (XOR) sharing is the same idea in the group of 64-bit words under XOR; c
 use it (see :mod:`labkit.mpc.compare`).
 
 This module works on plain tensors held in one process: it is what the notebooks use to
-show the idea and to test uniformity statistically. The engine (:mod:`labkit.mpc.engine`)
-uses the same two-party split, with the owner's generator, when a party inputs a secret.
+show the idea and to test it statistically. The engine (:mod:`labkit.mpc.engine`) uses the
+same two-party split, with the owner's private generator, when a party inputs a secret.
+
+Two tests: :func:`chi_square_uniform` (one share looks like uniform words) and
+:func:`ks_two_sample`, which asks the question the security definition asks: are the shares
+of one secret distributed like the shares of another? A test with ``N`` samples only sees
+differences above its resolution (about ``sqrt(2 / N)`` in distribution distance): it catches
+gross mistakes (a short mask), while the guarantee itself is the bijection argument above.
 
 What the miniature leaves out: replicated sharing (PUMA's ABY3 protocol gives each of 3
 parties two of the 3 shares) and Shamir's threshold sharing; pseudo-random share generation
@@ -33,12 +39,14 @@ from dataclasses import dataclass
 import torch
 
 from ..validation import check_int
+from .prg import PRG
 from .ring import check_ring, random_ring
 
 __all__ = [
+    "TwoSampleTest",
     "UniformityTest",
     "chi_square_uniform",
-    "correlation",
+    "ks_two_sample",
     "reconstruct",
     "reconstruct_xor",
     "share",
@@ -46,7 +54,7 @@ __all__ = [
 ]
 
 
-def share(x: torch.Tensor, *, n_parties: int = 2, generator: torch.Generator) -> list[torch.Tensor]:
+def share(x: torch.Tensor, *, n_parties: int = 2, generator: PRG | torch.Generator) -> list[torch.Tensor]:
     """Split ring elements ``x`` into ``n_parties`` additive shares mod 2^64.
 
     Shares ``1 .. P-1`` are uniform draws; share 0 is ``x - sum(others)`` (wrapping).
@@ -54,7 +62,8 @@ def share(x: torch.Tensor, *, n_parties: int = 2, generator: torch.Generator) ->
     Args:
         x: int64 tensor (already fixed-point encoded, see :func:`labkit.mpc.ring.encode`).
         n_parties: number of shares P, at least 2.
-        generator: the owner's seeded generator.
+        generator: the owner's private :class:`~labkit.mpc.prg.PRG` (or a seeded
+            ``torch.Generator`` for a reproducible demonstration).
 
     Returns:
         ``P`` int64 tensors of ``x``'s shape that add up to ``x`` mod 2^64.
@@ -81,7 +90,7 @@ def reconstruct(shares: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def share_xor(x: torch.Tensor, *, n_parties: int = 2, generator: torch.Generator) -> list[torch.Tensor]:
+def share_xor(x: torch.Tensor, *, n_parties: int = 2, generator: PRG | torch.Generator) -> list[torch.Tensor]:
     """Split 64-bit words ``x`` into ``n_parties`` XOR shares (each bit shared in Z_2).
 
     Returns:
@@ -169,14 +178,60 @@ def chi_square_uniform(values: torch.Tensor, *, bins: int) -> UniformityTest:
     return UniformityTest(statistic=stat, dof=dof, pvalue=p, n=n)
 
 
-def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two equally long sequences (flattened, as float64)."""
-    x = a.reshape(-1).to(torch.float64)
-    y = b.reshape(-1).to(torch.float64)
-    if x.numel() != y.numel() or x.numel() < 2:
-        raise ValueError(f"correlation needs two sequences of one length >= 2, got {x.numel()} and {y.numel()}")
-    x, y = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    if denom == 0.0:
-        raise ValueError("correlation: a sequence is constant")
-    return float((x * y).sum()) / denom
+@dataclass(frozen=True)
+class TwoSampleTest:
+    """Two-sample Kolmogorov-Smirnov test of "both samples come from one distribution".
+
+    Attributes:
+        statistic: ``D``, the largest gap between the two empirical distribution functions.
+        pvalue: probability of a gap at least this large if both samples had one law
+            (Kolmogorov's asymptotic distribution with Stephens' small-sample correction).
+        n, m: the two sample sizes.
+    """
+
+    statistic: float
+    pvalue: float
+    n: int
+    m: int
+
+
+def _kolmogorov_sf(lam: float) -> float:
+    """``P(K > lam)`` for Kolmogorov's distribution: ``2 sum_k (-1)^(k-1) exp(-2 k^2 lam^2)``."""
+    if lam < 0.2:  # the series converges slowly there, and the tail is 1 to 9 digits
+        return 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    return min(1.0, max(0.0, 2.0 * total))
+
+
+def ks_two_sample(a: torch.Tensor, b: torch.Tensor) -> TwoSampleTest:
+    """Two-sample Kolmogorov-Smirnov test on integer samples (e.g. ring elements, signed order).
+
+    ``D = max_v |F_a(v) - F_b(v)|`` over every observed value; the p-value is Kolmogorov's
+    tail at ``(sqrt(n_e) + 0.12 + 0.11 / sqrt(n_e)) D`` with ``n_e = n m / (n + m)``.
+
+    Args:
+        a, b: integer tensors (any shapes; flattened), at least 20 values each.
+
+    Returns:
+        A :class:`TwoSampleTest`.
+
+    Raises:
+        TypeError: a sample is not an integer tensor.
+        ValueError: a sample holds fewer than 20 values.
+    """
+    samples = []
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        if t.numel() < 20:
+            raise ValueError(f"ks_two_sample needs at least 20 values in {name}, got {t.numel()}")
+        samples.append(torch.sort(t.reshape(-1).to(torch.int64)).values)
+    sa, sb = samples
+    n, m = sa.numel(), sb.numel()
+    points = torch.cat([sa, sb])
+    fa = torch.searchsorted(sa, points, right=True).to(torch.float64) / n  # empirical CDFs at every value
+    fb = torch.searchsorted(sb, points, right=True).to(torch.float64) / m
+    d = float((fa - fb).abs().max())
+    ne = n * m / (n + m)
+    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
+    return TwoSampleTest(statistic=d, pvalue=_kolmogorov_sf(lam), n=n, m=m)

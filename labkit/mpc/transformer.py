@@ -15,9 +15,17 @@ the plaintext model with PUMA's approximations (their error alone), on
 named scope (``embed``, ``block0/ln1``, ``block0/attn/softmax``, ...) so the message log
 says where the rounds and bytes go, and each party times its scopes.
 
-Roles: P0 is the model owner (weights, one input message for all of them), P1 the user
-(token ids; its one-hot is an *integer* share, so the embedding product needs no
-truncation), P2 the dealer. The sequence length and the architecture are public.
+Roles (the same in every section of the chapter): P0 is the user (token ids; its one-hot is
+an *integer* share, so the embedding product needs no truncation), P1 the model owner
+(weights, one input message for all of them), P2 the dealer. The sequence length and the
+architecture are public.
+
+What the user learns: with ``reveal="logits"`` all ``B x T x V`` logits, a far richer
+function of the weights than the next token (every position's full distribution; the logit
+vectors span the ``d_model``-dimensional row space of the tied head, which queries can
+accumulate). With ``reveal="next_token"`` the parties compute the argmax of the last
+position's logits in secret (:func:`labkit.mpc.compare.argmax_along`) and open only ``B``
+token ids.
 
 What the miniature leaves out: PUMA's 3-party ABY3 protocol and its parallel rounds, the KV
 cache of generation (one forward pass gives one next token), dropout-free training of the
@@ -44,9 +52,13 @@ from ..lm.gpt import GPT, GPTConfig
 from ..validation import check_int
 from .approx import GELU_CUTS, gelu, layer_norm, ops_for, softmax
 from .approx_cost import gelu_cost, layer_norm_cost, softmax_cost
+from .compare import argmax_along
 
-__all__ = ["CATEGORIES", "ApproxConfig", "SecureGPTRun", "cost_by_category", "gpt_cost", "gpt_forward",
+__all__ = ["CATEGORIES", "REVEALS", "ApproxConfig", "SecureGPTRun", "cost_by_category", "gpt_cost", "gpt_forward",
            "gpt_weights", "plain_logits", "secure_gpt_program", "secure_logits", "time_by_category", "weight_shapes"]
+
+REVEALS = ("logits", "next_token")  # what the user receives: every logit, or the next token only
+USER, OWNER = 0, 1  # P0 holds the prompt, P1 the weights
 
 
 @dataclass(frozen=True)
@@ -222,25 +234,29 @@ def gpt_forward(w: Mapping[str, Any], onehot: Any, cfg: GPTConfig, approx: Appro
 
 
 def secure_gpt_program(ctx: Any, cfg: GPTConfig, batch: int, length: int,
-                       approx: ApproxConfig = ApproxConfig()) -> dict[str, Any]:
+                       approx: ApproxConfig = ApproxConfig(), reveal: str = "logits") -> dict[str, Any]:
     """The secure program of :func:`secure_logits` (importable: it runs in real processes).
 
-    P0's private input is the dict of :func:`gpt_weights`, P1's the (B, T) token ids. The
+    P0's private input is the (B, T) token ids, P1's the dict of :func:`gpt_weights`. The
     owner sends all its tensors in ONE input message (concatenated, split locally); the user
-    sends its one-hot as an integer share; the logits are revealed to the user only.
+    sends its one-hot as an integer share; the result is revealed to the user only: every
+    logit (``reveal="logits"``) or the argmax of the last position's (``"next_token"``).
 
     Returns:
-        ``{"logits": (B, T, V) at P1 (None elsewhere), "times": {scope: seconds}}``.
+        ``{"logits": (B, T, V) or None, "next_token": (B,) int64 or None, "times": {scope:
+        seconds}}``; the tensors at P0 only.
     """
+    if reveal not in REVEALS:
+        raise ValueError(f"reveal must be one of {REVEALS}, got {reveal!r}")
     shapes = weight_shapes(cfg)
     total = sum(math.prod(s) for s in shapes.values())
     times: dict[str, float] = {}
     start = time.perf_counter()
     with ctx.scope("share_weights"):
         flat = None
-        if ctx.rank == 0:
+        if ctx.rank == OWNER:
             flat = torch.cat([ctx.private[k].reshape(-1).to(torch.float64) for k in shapes])
-        flat = ctx.input(0, flat, shape=(total,))
+        flat = ctx.input(OWNER, flat, shape=(total,))
     w, offset = {}, 0
     for k, s in shapes.items():
         n = math.prod(s)
@@ -250,15 +266,25 @@ def secure_gpt_program(ctx: Any, cfg: GPTConfig, batch: int, length: int,
     start = time.perf_counter()
     with ctx.scope("share_prompt"):
         onehot = None
-        if ctx.rank == 1:
+        if ctx.rank == USER:
             onehot = torch.nn.functional.one_hot(ctx.private.to(torch.int64), cfg.vocab_size)  # (B, T, V) int
-        onehot = ctx.input(1, onehot, shape=(batch, length, cfg.vocab_size), frac_bits=0)
+        onehot = ctx.input(USER, onehot, shape=(batch, length, cfg.vocab_size), frac_bits=0)
     times["share_prompt"] = time.perf_counter() - start
     logits = gpt_forward(w, onehot, cfg, approx, times=times)
-    start = time.perf_counter()
-    out = ctx.reveal(logits, to=1)
+    out, token = None, None
+    if reveal == "next_token":
+        start = time.perf_counter()
+        with ctx.scope("argmax"):
+            index = argmax_along(logits.narrow(1, length - 1, 1).squeeze(1), dim=-1)  # (B,) still secret
+        times["argmax"] = time.perf_counter() - start
+        start = time.perf_counter()
+        token = ctx.reveal(index, to=USER)
+        token = None if token is None else token.round().to(torch.int64)
+    else:
+        start = time.perf_counter()
+        out = ctx.reveal(logits, to=USER)
     times["reveal"] = time.perf_counter() - start
-    return {"logits": out, "times": times}
+    return {"logits": out, "next_token": token, "times": times}
 
 
 @dataclass(frozen=True)
@@ -266,12 +292,16 @@ class SecureGPTRun:
     """A secure forward pass.
 
     Attributes:
-        logits: (B, T, V) float64, what the user P1 received.
+        logits: (B, T, V) float64 that the user P0 received, or ``None`` with
+            ``reveal="next_token"``.
+        next_token: (B,) int64, the argmax of the last position's logits (computed in secret
+            with ``reveal="next_token"``, by the user from the logits otherwise).
         run: the engine's :class:`~labkit.mpc.MPCRun` (message log, wall time).
         times: the user's wall seconds per scope path.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
+    next_token: torch.Tensor
     run: Any
     times: dict[str, float] = field(default_factory=dict)
 
@@ -289,16 +319,19 @@ def _check_idx(model: GPT, idx: Any) -> torch.Tensor:
 
 
 def secure_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = ApproxConfig(),
-                  runtime: str = "processes", seed: int = 0, keep_payloads: bool = False,
-                  timeout: float = 120.0) -> SecureGPTRun:
-    """Evaluate ``model`` on the prompts ``idx`` in secret: owner P0, user P1, dealer P2.
+                  runtime: str = "processes", reveal: str = "logits", insecure_seed: int | None = None,
+                  keep_payloads: bool = False, timeout: float = 120.0) -> SecureGPTRun:
+    """Evaluate ``model`` on the prompts ``idx`` in secret: user P0, owner P1, dealer P2.
 
     Args:
-        model: the plaintext model (only P0 reads its weights).
-        idx: (B, T) token ids (only P1 reads them).
+        model: the plaintext model (only P1 reads its weights).
+        idx: (B, T) token ids (only P0 reads them).
         approx: approximation knobs.
         runtime: ``"processes"`` (three real processes, gloo) or ``"simulator"`` (threads).
-        seed: the parties' randomness.
+        reveal: ``"logits"`` (every logit to the user) or ``"next_token"`` (only the argmax of
+            the last position, computed in secret).
+        insecure_seed: ``None`` for private randomness; an int for a bit-identical rerun
+            (see :func:`labkit.mpc.run`).
         keep_payloads: keep the payloads in the log (for the leak check).
         timeout: seconds for the whole run.
 
@@ -308,12 +341,15 @@ def secure_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = Appro
     from .runtime import run
 
     idx = _check_idx(model, idx)
+    if reveal not in REVEALS:
+        raise ValueError(f"reveal must be one of {REVEALS}, got {reveal!r}")
     b, t = idx.shape
-    res = run(secure_gpt_program, runtime=runtime, args=(model.cfg, b, t, approx),
-              inputs={0: gpt_weights(model), 1: idx.clone()}, seed=seed, keep_payloads=keep_payloads,
-              timeout=timeout)
-    user = res.outputs[1]
-    return SecureGPTRun(logits=user["logits"], run=res, times=user["times"])
+    res = run(secure_gpt_program, runtime=runtime, args=(model.cfg, b, t, approx, reveal),
+              inputs={USER: idx.clone(), OWNER: gpt_weights(model)}, insecure_seed=insecure_seed,
+              keep_payloads=keep_payloads, timeout=timeout)
+    user = res.outputs[USER]
+    token = user["next_token"] if reveal == "next_token" else user["logits"][:, -1].argmax(-1)
+    return SecureGPTRun(logits=user["logits"], next_token=token, run=res, times=user["times"])
 
 
 def plain_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = ApproxConfig()) -> torch.Tensor:
@@ -328,7 +364,7 @@ CATEGORIES = {"share_weights": "sharing weights", "share_prompt": "sharing promp
               "ln1": "LayerNorm", "ln2": "LayerNorm", "ln_f": "LayerNorm", "qkv": "attention matmuls",
               "scores": "attention matmuls", "context": "attention matmuls", "proj": "attention matmuls",
               "softmax": "softmax", "up": "MLP matmuls", "down": "MLP matmuls", "gelu": "GeLU",
-              "head": "head", "reveal": "reveal"}
+              "head": "head", "argmax": "argmax", "reveal": "reveal"}
 
 
 def cost_by_category(log: Any) -> dict[str, Any]:
@@ -356,9 +392,13 @@ def time_by_category(times: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def gpt_cost(cfg: GPTConfig, batch: int, length: int, approx: ApproxConfig = ApproxConfig()) -> Any:
+def gpt_cost(cfg: GPTConfig, batch: int, length: int, approx: ApproxConfig = ApproxConfig(),
+             reveal: str = "logits") -> Any:
     """Closed-form cost of :func:`secure_gpt_program`, summed from the protocols' formulas."""
-    from .cost import input_cost, matmul_cost, reveal_cost
+    from .cost import argmax_cost, input_cost, matmul_cost, reveal_cost
+
+    if reveal not in REVEALS:
+        raise ValueError(f"reveal must be one of {REVEALS}, got {reveal!r}")
 
     b, t = check_int("batch", batch, 1), check_int("length", length, 1, cfg.block_size)
     d, f, v, h = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_head
@@ -371,6 +411,9 @@ def gpt_cost(cfg: GPTConfig, batch: int, length: int, approx: ApproxConfig = App
              + layer_norm_cost((b, t, d), **ln) + matmul_cost((b, t, d), (d, f))
              + gelu_cost(b * t * f, degree_low=approx.gelu_degree_low, degree_high=approx.gelu_degree_high)
              + matmul_cost((b, t, f), (f, d)))
-    return (input_cost(n_w, owner=0) + input_cost(b * t * v, owner=1) + matmul_cost((b, t, v), (v, d))
-            + block * cfg.n_layer + layer_norm_cost((b, t, d), **ln) + matmul_cost((b, t, d), (d, v))
-            + reveal_cost(b * t * v, to=1))
+    if reveal == "next_token":
+        out = argmax_cost((b, v), -1) + reveal_cost(b, to=USER)
+    else:
+        out = reveal_cost(b * t * v, to=USER)
+    return (input_cost(n_w, owner=OWNER) + input_cost(b * t * v, owner=USER) + matmul_cost((b, t, v), (v, d))
+            + block * cfg.n_layer + layer_norm_cost((b, t, d), **ln) + matmul_cost((b, t, d), (d, v)) + out)

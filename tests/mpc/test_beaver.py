@@ -79,6 +79,25 @@ def test_truncation_fails_with_the_predicted_probability_for_huge_values() -> No
     assert abs(float(failed.mean()) - expected) < 5 * sd
 
 
+def test_a_secret_product_fails_in_proportion_to_the_product_range() -> None:
+    r = mpc.product_range(F)
+    assert r == 2.0 ** (64 - 2 * F) == 2.0**32 and mpc.representable_range(F) == 2.0**46  # far looser
+    n = 4096
+
+    def squares(value: float) -> torch.Tensor:
+        program = lambda ctx: ctx.reveal(ctx.input(0, ctx.private, shape=(n,)).square())
+        return mpc.run(program, inputs={0: torch.full((n,), value, dtype=torch.float64)}).output
+
+    small = squares(8.0)  # 64 / 2^32: a failure somewhere among 4096 elements has probability 6e-5
+    assert float((small - 64.0).abs().max()) <= ULP
+    for x in (4e4, 5e4):  # 1.6e9 (encodable, 37% wrong) and 2.5e9 (58% wrong)
+        got, want = squares(x), x * x
+        p = want / r
+        failed = (got - want).abs() > 1
+        assert abs(float(failed.double().mean()) - p) < 5 * (p * (1 - p) / n) ** 0.5
+        assert torch.allclose(got[failed], torch.tensor(want - r, dtype=torch.float64), atol=1)  # e.g. -2.69e9
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="mismatched shapes"):
         mpc.run(_pair_program(lambda a, b: a * b), args=((3,), (4,)),

@@ -11,17 +11,17 @@ from labkit.mpc.sharing import reconstruct_xor, share_xor
 EDGES = [0, 1, -1, 2**62, 2**63 - 1, -(2**63), -(2**62) + 3, 12345, -98765]
 
 
-def _unary(fn, x: torch.Tensor, *, frac_bits: int | None = None, seed: int = 0):
+def _unary(fn, x: torch.Tensor, *, frac_bits: int | None = None):
     def program(ctx):
         v = ctx.input(0, ctx.private, shape=tuple(x.shape), frac_bits=frac_bits)
         return ctx.reveal(fn(v))
-    return mpc.run(program, inputs={0: x}, seed=seed).output
+    return mpc.run(program, inputs={0: x}).output
 
 
 def test_msb_is_exact_on_every_ring_element() -> None:
     x = torch.tensor(EDGES, dtype=torch.int64)
-    for seed in range(3):  # different shares of the same values
-        got = _unary(mpc.msb, x, frac_bits=0, seed=seed)
+    for _ in range(3):  # fresh shares of the same values each time
+        got = _unary(mpc.msb, x, frac_bits=0)
         assert got.tolist() == [int(v < 0) for v in EDGES]
     g = torch.Generator().manual_seed(5)
     r = mpc.random_ring((3000,), generator=g)
@@ -75,6 +75,24 @@ def test_relu_lt_gt_where_max_match_plaintext() -> None:
     assert float((sel_pub - torch.where(x < y, 1.0, y)).abs().max()) < tol
     assert float((sel_pubcond - torch.where(x > 0, x, y)).abs().max()) < tol
     assert float((sel_zero - torch.where(x < y, x, 0.0)).abs().max()) < tol
+
+
+def test_argmax_finds_the_index_of_the_maximum() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 9, generator=g) * 10
+    got = _unary(lambda v: mpc.argmax_along(v, dim=-1), x)
+    assert got.dtype == torch.float64 and torch.equal(got.round().long(), x.argmax(-1))
+    assert torch.equal(got, got.round())  # the index is an exact integer, no truncation error
+    cols = _unary(lambda v: mpc.argmax_along(v, dim=0), x).round().long()
+    assert torch.equal(cols, x.argmax(0))
+    hand = torch.tensor([[1.0, 7.0, -2.0], [0.5, -3.0, 4.0]])
+    assert _unary(lambda v: mpc.argmax_along(v), hand).tolist() == [1.0, 2.0]
+    ints = torch.tensor([3, -9, 12, 0, 5])
+    assert _unary(lambda v: mpc.argmax_along(v), ints, frac_bits=0).tolist() == 2.0
+    with pytest.raises(ValueError, match="at least one dimension"):
+        _unary(lambda v: mpc.argmax_along(v.sum()), x)
+    with pytest.raises(TypeError):
+        mpc.argmax_along(x)  # type: ignore[arg-type]
 
 
 def test_bad_inputs() -> None:

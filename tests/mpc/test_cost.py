@@ -17,14 +17,14 @@ def _measure(op: str, shape_x: tuple, shape_y: tuple | None = None, seed: int = 
     inputs = {0: torch.randn(shape_x, generator=g)}
     if shape_y is not None:
         inputs[1] = torch.randn(shape_y, generator=g)
-    return mpc.run(op_program, args=(op, shape_x, shape_y), inputs=inputs, seed=seed)
+    return mpc.run(op_program, args=(op, shape_x, shape_y), inputs=inputs)
 
 
 def test_hand_counted_constants() -> None:
     assert MSB_ROUNDS == 8 and MSB_ONLINE_WORDS == 20 and MSB_DEALER_WORDS == 33
     assert mpc.mul_cost(3) == Cost(1, (48, 48), (72, 72))
     assert mpc.matmul_cost((2, 3), (3, 4)) == Cost(1, (8 * 18, 8 * 18), (8 * 26, 8 * 26))
-    assert mpc.input_cost(5, owner=1) == Cost(1, (0, 40), (0, 0))
+    assert mpc.input_cost(5, owner=1) == Cost(1, (0, 8 * (5 + 9)), (0, 0))  # the share and its shape header
     assert mpc.reveal_cost(5, to=0) == Cost(1, (0, 40))
     c = mpc.mul_cost(2) + mpc.square_cost(2)
     assert c.rounds == 2 and c.total_online_bytes == 2 * (32 + 16) and 2 * mpc.mul_cost(1) == mpc.mul_cost(1) + mpc.mul_cost(1)
@@ -60,6 +60,15 @@ def test_max(shape: tuple) -> None:
     assert r.cost(scope="max").rounds == 9 * math.ceil(math.log2(shape[-1]))
 
 
+@pytest.mark.parametrize("shape", [(1,), (2,), (5,), (3, 7)])
+def test_argmax_costs_the_rounds_of_max(shape: tuple) -> None:
+    got = _measure("argmax", shape).cost(scope="argmax")
+    assert got == mpc.argmax_cost(shape, -1)
+    assert got.rounds == mpc.max_cost(shape, -1).rounds
+    if shape[-1] > 1:  # the select carries the index too: more words than the max, never fewer
+        assert got.total_online_bytes > mpc.max_cost(shape, -1).total_online_bytes
+
+
 def test_compare_where_and_whole_run() -> None:
     shape = (4, 3)
     assert _measure("lt", shape, shape).cost(scope="lt") == mpc.msb_cost(12)
@@ -81,6 +90,8 @@ def test_bad_inputs() -> None:
         mpc.max_cost((3,), dim=1)
     with pytest.raises(ValueError):
         mpc.max_cost((0,))
+    with pytest.raises(ValueError, match="empty"):
+        mpc.argmax_cost((3, 0))
     with pytest.raises(ValueError):
         mpc.input_cost(3, owner=2)
     with pytest.raises(ValueError):

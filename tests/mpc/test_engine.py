@@ -1,4 +1,4 @@
-"""Tests of labkit.mpc.engine: inputs, reveals, scopes, determinism, and that no secret leaks."""
+"""Tests of labkit.mpc.engine: inputs, reveals, scopes, private randomness, and that no secret leaks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_input_reveal_round_trip_and_costs() -> None:
     assert one.cost(scope="reveal") == mpc.reveal_cost(4, to=1)
     rows = one.log.rows()
     assert [(m["sender"], m["receiver"], m["kind"], m["bytes"]) for m in rows] == [
-        ("P0", "P1", "input", 32), ("P0", "P1", "reveal", 32)]
+        ("P0", "P1", "input", 8 * (4 + 9)), ("P0", "P1", "reveal", 32)]  # 4 words and the 9-word shape header
 
 
 def test_scopes_nest_and_repeat_collapses() -> None:
@@ -56,15 +56,44 @@ def test_integer_inputs_and_ctx_attributes() -> None:
     assert r.output.dtype == torch.int64 and r.output.tolist() == [4, -5, 16]
 
 
-def test_same_seed_same_run_other_seed_other_shares() -> None:
+def test_private_runs_differ_and_only_the_insecure_seed_reproduces() -> None:
     x = torch.randn(5, generator=torch.Generator().manual_seed(0))
     prog = lambda ctx: (lambda v: (v.share, ctx.reveal(v.relu() * v)))(ctx.input(0, ctx.private, shape=(5,)))
-    a = mpc.run(prog, inputs={0: x}, seed=4, keep_payloads=True)
-    b = mpc.run(prog, inputs={0: x}, seed=4, keep_payloads=True)
-    c = mpc.run(prog, inputs={0: x}, seed=5)
-    assert torch.equal(a.output[1], b.output[1]) and torch.equal(a.output[1], c.output[1])
-    assert all(torch.equal(m.payload, n.payload) for m, n in zip(a.log.messages, b.log.messages))
-    assert not torch.equal(a.output[0], c.output[0])
+    a = mpc.run(prog, inputs={0: x}, keep_payloads=True)
+    b = mpc.run(prog, inputs={0: x}, keep_payloads=True)
+    assert a.secure and b.secure and a.log.secure and a.log.select(kind="open").secure
+    assert torch.equal(a.output[1], b.output[1])  # the same result ...
+    assert not torch.equal(a.output[0], b.output[0])  # ... from fresh shares
+    assert not any(torch.equal(m.payload, n.payload) for m, n in zip(a.log.messages, b.log.messages))
+    c = mpc.run(prog, inputs={0: x}, insecure_seed=4, keep_payloads=True)
+    d = mpc.run(prog, inputs={0: x}, insecure_seed=4, keep_payloads=True)
+    e = mpc.run(prog, inputs={0: x}, insecure_seed=5)
+    assert not c.secure and not c.log.secure and not e.secure
+    assert all(torch.equal(m.payload, n.payload) for m, n in zip(c.log.messages, d.log.messages))
+    assert torch.equal(c.output[0], d.output[0]) and not torch.equal(c.output[0], e.output[0])
+    assert torch.equal(c.output[1], a.output[1])
+    with pytest.raises(TypeError):
+        mpc.run(prog, inputs={0: x}, seed=4)  # the old public seed is gone
+    with pytest.raises(ValueError, match="insecure_seed"):
+        mpc.run(prog, inputs={0: x}, insecure_seed=-1)
+
+
+def test_parties_must_agree_on_input_shapes() -> None:
+    def program(ctx):  # both declare 6 elements, in different shapes
+        return ctx.reveal(ctx.input(0, ctx.private, shape=(2, 3) if ctx.rank == 0 else (3, 2)))
+
+    with pytest.raises(mpc.MPCError, match=r"shape \(2, 3\).*shape=\(3, 2\)"):
+        mpc.run(program, inputs={0: torch.ones(2, 3)}, timeout=10)
+
+    def flat(ctx):  # a different number of dimensions, same elements
+        return ctx.reveal(ctx.input(0, ctx.private, shape=(6,) if ctx.rank == 0 else (2, 3)))
+
+    with pytest.raises(mpc.MPCError, match=r"shape \(6,\).*shape=\(2, 3\)"):
+        mpc.run(flat, inputs={0: torch.ones(6)}, timeout=10)
+    ok = mpc.run(lambda ctx: ctx.reveal(ctx.input(0, ctx.private, shape=(2, 3))), inputs={0: torch.ones(2, 3)})
+    assert ok.output.shape == (2, 3)
+    with pytest.raises(ValueError, match="at most 8 dimensions"):
+        mpc.run(lambda ctx: ctx.input(0, ctx.private, shape=(1,) * 9), inputs={0: torch.ones((1,) * 9)})
 
 
 def test_no_message_carries_a_secret_and_openings_look_uniform() -> None:
@@ -77,7 +106,8 @@ def test_no_message_carries_a_secret_and_openings_look_uniform() -> None:
         return ctx.reveal(((a @ b).relu() * a[:, :16]).sum())
 
     r = mpc.run(program, inputs={0: x, 1: w}, keep_payloads=True)
-    assert r.log.containing(encode(x)) == [] and r.log.containing(encode(w)) == []
+    big = lambda t: t[t.abs() > 1000]  # tiny encodings are skipped: shape headers and opened bits are small words
+    assert r.log.containing(big(encode(x))) == [] and r.log.containing(big(encode(w))) == []
     # what is opened (shares of x - a, of words XOR u) is uniform; B2A opens a masked *bit*
     opened = torch.cat([m.payload for m in r.log.select(kind="open").messages if "b2a" not in m.scope])
     assert opened.numel() > 20_000
@@ -90,8 +120,8 @@ def test_no_message_carries_a_secret_and_openings_look_uniform() -> None:
         ctx.exchange([encode(x) if ctx.rank == 0 else torch.zeros(64, 32, dtype=torch.int64)])
         return ctx.reveal(v)
 
-    caught = mpc.run(leaky, inputs={0: x}, keep_payloads=True).log.containing(encode(x))
-    assert [m.sender for m in caught] == [0]
+    caught = mpc.run(leaky, inputs={0: x}, keep_payloads=True).log.containing(big(encode(x)))
+    assert [(m.sender, m.kind) for m in caught] == [(0, "open")]
     with pytest.raises(ValueError, match="keep_payloads"):
         mpc.run(leaky, inputs={0: x}).log.containing(encode(x))
 

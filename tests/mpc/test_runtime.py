@@ -1,6 +1,7 @@
-"""Tests of labkit.mpc.runtime: the simulator and real processes agree; failures end the run.
+"""Tests of labkit.mpc.runtime: the simulator and real processes agree under the insecure seed;
+without it every party's randomness is private; failures end the run.
 
-The process test costs one launch (three spawned interpreters, a few seconds)."""
+Each process test costs one or two launches (three spawned interpreters, a few seconds each)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 import labkit.mpc as mpc
+from labkit.mpc import _parties
+from labkit.mpc.prg import insecure_prg
 from labkit.mpc.programs import mlp_program
 
 
@@ -23,10 +26,11 @@ def _mlp_inputs(seed: int = 0):
 @pytest.mark.timeout(120)
 def test_processes_and_simulator_compute_the_same_bits() -> None:
     x, w, ref = _mlp_inputs()
-    kw = dict(args=((4, 6), 8, 3), inputs={0: x, 1: w}, seed=3)
+    kw = dict(args=((4, 6), 8, 3), inputs={0: x, 1: w}, insecure_seed=3)
     sim = mpc.run(mlp_program, **kw)
     real = mpc.run(mlp_program, runtime="processes", timeout=90, **kw)
     assert real.runtime == "processes" and sim.runtime == "simulator"
+    assert not real.secure and not sim.secure and not real.log.secure  # the opt-in is marked everywhere
     assert float((real.output - ref).abs().max()) < 1e-3
     assert real.outputs[1] is None and real.outputs[2] is None  # revealed to the client only
     assert torch.equal(real.output, sim.output)
@@ -37,6 +41,35 @@ def test_processes_and_simulator_compute_the_same_bits() -> None:
                 + mpc.reveal_cost(12, to=0))
     assert real.cost() == expected
     assert len(real.program_s) == 3 and real.wall_s > 0
+
+
+def _holds(blob: torch.Tensor, seed: bytes) -> bool:
+    """Whether the seed's bytes appear anywhere in the tensor's memory (any alignment)."""
+    return seed in blob.contiguous().numpy().tobytes()
+
+
+@pytest.mark.timeout(150)
+def test_no_party_can_reproduce_another_partys_randomness_in_processes() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    kw = dict(runtime="processes", args=((64,),), inputs={0: x, 1: y}, keep_payloads=True, timeout=100)
+    runs = [mpc.run(_parties.secrecy_probe, **kw) for _ in range(2)]
+    for r in runs:
+        assert r.secure and r.log.secure and all(out["secure"] for out in r.outputs)
+        seeds = [out["seed"] for out in r.outputs]
+        assert len(set(seeds)) == 3 and all(len(s) == 32 for s in seeds)
+        for i, seed in enumerate(seeds):
+            assert not any(_holds(m.payload, seed) for m in r.log.messages)  # never sent
+            for j, out in enumerate(r.outputs):  # never in what another party holds
+                if j != i:
+                    assert not any(_holds(p, seed) for _, p in out["received"])
+                    assert not _holds(out["x_share"], seed)
+            assert seed != insecure_prg(0, i).seed  # not the public derivation either
+        plain = (x.double() * y.double()).relu()
+        assert float((r.output["output"] - plain).abs().max()) < 1e-3
+    first, second = runs
+    assert not set(o["seed"] for o in first.outputs) & set(o["seed"] for o in second.outputs)
+    assert not torch.equal(first.outputs[1]["x_share"], second.outputs[1]["x_share"])  # fresh shares
 
 
 def test_processes_need_an_importable_program() -> None:

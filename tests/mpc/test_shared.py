@@ -82,3 +82,35 @@ def test_misuse_gives_clear_errors() -> None:
         mpc.Shared(None, torch.zeros(3, dtype=torch.int64), 0)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         mpc.cat([])
+
+
+def _runtime_imports(module: str) -> dict[str, list[str]]:
+    """The relative modules ``labkit/mpc/<module>.py`` imports at run time: ``{"top": [...], "lazy": [...]}``
+    (imports under ``if TYPE_CHECKING:`` only serve annotations and are left out)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(mpc.__file__).parent / f"{module}.py").read_text())
+    found: dict[str, list[str]] = {"top": [], "lazy": []}
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom) and child.level == 1:
+                found[where].append(child.module or "")
+            visit(child, "lazy" if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else where)
+
+    visit(tree, "top")
+    return found
+
+
+def test_no_import_cycle_between_shared_values_and_their_protocols() -> None:
+    for module in ("engine", "beaver"):  # protocols return through their operand, Party.input wraps via the registry
+        imports = _runtime_imports(module)
+        assert "shared" not in imports["top"] + imports["lazy"], module
+    shared = _runtime_imports("shared")
+    assert {"beaver", "engine"} <= set(shared["top"])  # the one direction that stays
+    assert "compare" in shared["lazy"] and "compare" not in shared["top"]  # operator sugar, imported lazily
+    assert mpc.Party.value_type is mpc.Shared
+    assert not hasattr(__import__("labkit.mpc.shared", fromlist=["Public"]), "Public")

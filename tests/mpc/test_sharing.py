@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from labkit.mpc.ring import encode, top_byte
-from labkit.mpc.sharing import (chi_square_uniform, correlation, reconstruct, reconstruct_xor, share,
+from labkit.mpc.prg import PRG
+from labkit.mpc.sharing import (chi_square_uniform, ks_two_sample, reconstruct, reconstruct_xor, share,
                                 share_xor)
 
 
@@ -39,9 +40,31 @@ def test_a_single_share_is_uniform_whatever_the_secret() -> None:
     for s in (s0, s1):
         assert chi_square_uniform(top_byte(s), bins=256).pvalue > 1e-4
         assert chi_square_uniform(s & 0xFF, bins=256).pvalue > 1e-4
-    secrets = encode(torch.randn(n, generator=g) * 100)
-    t0, _ = share(secrets, generator=g)
-    assert abs(correlation(t0.double(), secrets.double())) < 5 / n**0.5
+
+
+def test_two_sample_test_cannot_tell_two_secrets_apart_but_catches_a_short_mask() -> None:
+    n = 4096
+    small, large = encode(torch.full((n,), 3.25)), encode(torch.full((n,), -1e6))
+    rng = PRG.from_os()  # fresh randomness: the bound holds for any draw with probability 1 - 2e-6
+    for party in (0, 1):
+        test = ks_two_sample(share(small, generator=rng)[party], share(large, generator=rng)[party])
+        assert test.pvalue > 1e-6 and test.n == test.m == n
+    for bits in (24, 32):  # a mask of 24 or 32 random bits instead of 64: the two secrets stand apart
+        mask = lambda: rng.words((n,)) & ((1 << bits) - 1)
+        leaky = ks_two_sample(small - mask(), large - mask())
+        assert leaky.statistic > 0.9 and leaky.pvalue < 1e-12
+
+
+def test_ks_two_sample_by_hand() -> None:
+    a = torch.arange(100)
+    same = ks_two_sample(a, a.flip(0))
+    assert same.statistic == 0.0 and same.pvalue == 1.0
+    half = ks_two_sample(a, a + 50)  # the empirical CDFs differ by at most one half
+    assert half.statistic == pytest.approx(0.5) and half.pvalue < 1e-4
+    with pytest.raises(TypeError, match="integer"):
+        ks_two_sample(torch.rand(50), a)
+    with pytest.raises(ValueError, match="at least 20"):
+        ks_two_sample(a[:5], a)
 
 
 def test_chi_square_detects_non_uniform_data() -> None:
@@ -70,5 +93,5 @@ def test_bad_inputs() -> None:
         chi_square_uniform(torch.arange(2000), bins=256)
     with pytest.raises(TypeError):
         chi_square_uniform(torch.rand(2000), bins=256)
-    with pytest.raises(ValueError):
-        correlation(torch.ones(5), torch.arange(5.0))
+    with pytest.raises(TypeError, match="generator"):
+        share(torch.tensor([1]), generator=3)  # type: ignore[arg-type]

@@ -47,17 +47,34 @@ def test_plain_forward_with_approximations_is_close_to_the_model(model, idx) -> 
 
 
 def test_secure_logits_match_plaintext_and_the_cost_formula(model, idx) -> None:
-    res = TR.secure_logits(model, idx, runtime="simulator", seed=2)
+    res = TR.secure_logits(model, idx, runtime="simulator")
     plain = TR.plain_logits(model, idx)
-    assert res.logits.shape == (2, 7, 256)
+    assert res.logits.shape == (2, 7, 256) and res.run.secure
     assert float((res.logits - plain).abs().max()) < 1e-2  # fixed point on top of the approximations
-    assert res.run.outputs[0]["logits"] is None  # revealed to the user only
+    assert res.run.outputs[1]["logits"] is None and res.run.outputs[2]["logits"] is None  # to the user P0 only
+    assert torch.equal(res.next_token, res.logits[:, -1].argmax(-1))
     assert res.run.cost() == TR.gpt_cost(CFG, 2, 7)
     parts = TR.cost_by_category(res.run.log)
     assert set(parts) <= set(TR.CATEGORIES.values())
     assert sum(c.total_online_bytes for c in parts.values()) == res.run.cost().total_online_bytes
     assert parts["GeLU"].rounds == mpc.Cost().rounds + TR.gelu_cost(2 * 7 * 32).rounds
     assert "block0/attn" in res.times and "embed" in res.times
+
+
+def test_revealing_only_the_next_token(model, idx) -> None:
+    res = TR.secure_logits(model, idx, runtime="simulator", reveal="next_token")
+    assert res.logits is None and res.next_token.dtype == torch.int64 and res.next_token.shape == (2,)
+    plain = TR.plain_logits(model, idx)[:, -1]
+    top2 = plain.topk(2, -1).values
+    assert bool((top2[:, 0] - top2[:, 1] > 0.05).all())  # clear winners: fixed point cannot flip them
+    assert torch.equal(res.next_token, plain.argmax(-1))
+    assert res.run.cost() == TR.gpt_cost(CFG, 2, 7, reveal="next_token")
+    opened = res.run.log.select(scope="reveal")
+    assert opened.cost().total_online_bytes == 8 * 2  # two token ids, not 2 x 7 x 256 logits
+    assert all(m.receiver == 0 for m in opened.messages)
+    full = TR.gpt_cost(CFG, 2, 7)
+    assert res.run.cost().rounds == full.rounds + mpc.argmax_cost((2, 256)).rounds
+    assert "argmax" in TR.cost_by_category(res.run.log) and "argmax" in res.times
 
 
 def test_no_message_carries_a_weight_in_the_clear(model, idx) -> None:
@@ -70,9 +87,9 @@ def test_no_message_carries_a_weight_in_the_clear(model, idx) -> None:
 
 @pytest.mark.timeout(180)
 def test_real_processes_compute_the_same_bits_as_the_simulator(model, idx) -> None:
-    real = TR.secure_logits(model, idx[:1, :4], runtime="processes", seed=5, timeout=150)
-    sim = TR.secure_logits(model, idx[:1, :4], runtime="simulator", seed=5)
-    assert real.run.runtime == "processes"
+    real = TR.secure_logits(model, idx[:1, :4], runtime="processes", insecure_seed=5, timeout=150)
+    sim = TR.secure_logits(model, idx[:1, :4], runtime="simulator", insecure_seed=5)
+    assert real.run.runtime == "processes" and not real.run.secure and not sim.run.secure
     assert torch.equal(real.logits, sim.logits)
     assert real.run.cost() == sim.run.cost()
 
@@ -89,6 +106,8 @@ def test_real_processes_compute_the_same_bits_as_the_simulator(model, idx) -> No
      "plaintext tensors only"),
     (lambda m, i: TR.gpt_cost(CFG, 1, 9), ValueError, "length"),
     (lambda m, i: TR.secure_logits(m, i, runtime="cloud"), ValueError, "runtime"),
+    (lambda m, i: TR.secure_logits(m, i, runtime="simulator", reveal="probs"), ValueError, "reveal"),
+    (lambda m, i: TR.gpt_cost(CFG, 1, 4, reveal="probs"), ValueError, "reveal"),
 ])
 def test_bad_arguments_raise_clearly(model, idx, call, error, match) -> None:
     with pytest.raises(error, match=match):
