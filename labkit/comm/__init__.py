@@ -1,13 +1,22 @@
-"""Chapter 11 (and 12): collectives on torch.distributed, their cost model, and the network.
+"""Collectives and the network (chapter 11): collectives on ``torch.distributed``, their cost
+model, overlap, routing in the fabric, fault detection, datatypes and dynamic meshes.
 
-Modules: :mod:`~labkit.comm.costmodel` (alpha-beta model shared by all),
-:mod:`~labkit.comm.collectives` (ring/tree/all-to-all over send/recv, byte counters),
-:mod:`~labkit.comm.simulator` (the same schedules for n ranks in one process),
-:mod:`~labkit.comm.overlap` (T3-style chunked compute/communication overlap),
-:mod:`~labkit.comm.topology` (leaf-spine routing: ECMP, spraying, flow splitting),
-:mod:`~labkit.comm.faults` (C4-style slow-rank detection), :mod:`~labkit.comm.datatypes`
-(TEMPI's canonical strided layouts, pack/unpack with a Triton kernel),
-:mod:`~labkit.comm.bytescale` (data-aware sharding on a dynamic mesh). Worker functions for
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- T3 (``t3``), section 02 "T3: overlapping a producer with its collective":
+  :mod:`~labkit.comm.overlap` (chunked compute/communication overlap);
+- packet spraying against a single path (``packet_spraying``), section 03 "Packet spraying or a
+  single path?": :mod:`~labkit.comm.topology` (leaf-spine routing: ECMP, spraying, splitting);
+- C4 (``c4``), section 04 "C4: reading faults off the collectives": :mod:`~labkit.comm.faults`
+  (slow-rank detection, a real job with one delayed rank);
+- TEMPI (``tempi``) and ByteScale (``bytescale``), section 05 "Datatypes and dynamic meshes":
+  :mod:`~labkit.comm.datatypes` (canonical strided layouts, pack/unpack with a Triton kernel)
+  and :mod:`~labkit.comm.bytescale` (data-aware sharding on a dynamic mesh).
+
+Section 01, "Collectives from send/recv" (no paper of the list of its own):
+:mod:`~labkit.comm.collectives` (ring, tree and all-to-all over send/recv, byte counters),
+:mod:`~labkit.comm.simulator` (the same schedules for n ranks in one process) and
+:mod:`~labkit.comm.costmodel` (the alpha-beta model every section uses). Worker functions for
 :func:`labkit.dist.launch` live in ``_workers.py`` and beside their mechanism.
 """
 

@@ -25,7 +25,7 @@ and tensor parallelism, the memory limit of a rank across micro-batches (only ea
 length is capped), overlap of communication with compute, and the fact that ranks sharing a
 split sequence must work on it at the same time (loads are summed as if independent).
 
-Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
+Section: chapter 11, "Datatypes and dynamic meshes: TEMPI and ByteScale".
 """
 
 from __future__ import annotations
@@ -120,8 +120,6 @@ def sample_lengths(n_seqs: int, *, seed: int, median: int = 512, sigma: float = 
 
     Most sequences are near ``median`` tokens; ``sigma`` (the log-scale spread) sets how heavy
     the tail of long documents is.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     for name, value, low in (("n_seqs", n_seqs, 1), ("median", median, 1), ("min_len", min_len, 1),
                              ("max_len", max_len, 1)):
@@ -152,8 +150,6 @@ def _check_lengths(lengths: Sequence[int], world_size: int, link: AlphaBeta, cos
 def static_cp_size(max_len: int, *, capacity: int, world_size: int) -> int:
     """The CP size a static mesh needs: the smallest divisor of ``world_size`` whose ranks hold
     ``max_len`` tokens at ``capacity`` tokens per rank.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
@@ -195,8 +191,6 @@ def static_mesh_assignment(lengths: Sequence[int], *, world_size: int, cp_size: 
     longest first, each to the group holding the fewest tokens so far (tokens, not compute, since
     the static mesh has no model of attention's quadratic cost). ``capacity`` (tokens one rank
     holds) only decides which bytes count as redundant: those of sequences that fit one rank.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     lens = _check_lengths(lengths, world_size, link, cost)
     if isinstance(cp_size, bool) or not isinstance(cp_size, int) or cp_size < 1 or world_size % cp_size:
@@ -229,8 +223,6 @@ def dynamic_assignment(lengths: Sequence[int], *, world_size: int, capacity: int
     ranks. A sequence so heavy that one piece would exceed ``piece_share`` of a rank's fair share
     (the batch's compute over W) gets more ranks: greedy packing balances well only when no piece
     is large next to a bin. Only split sequences exchange K/V.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     lens = _check_lengths(lengths, world_size, link, cost)
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
@@ -263,8 +255,6 @@ def measure_token_cost(*, d_model: int = 64, n_heads: int = 4, lengths: Sequence
     projections and a 4x MLP) separately at each length; ``attention`` is the median of
     ``t_attn / L**2`` and ``linear`` the median of ``t_linear / L``. K/V bytes per token are
     ``2 * d_model * bytes_per_element`` (one layer).
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1 or d_model % n_heads:
         raise ValueError(f"d_model must be a positive multiple of n_heads ({n_heads}), got {d_model!r}")

@@ -34,7 +34,7 @@ topology awareness (hierarchical or 2-D rings), overlap with compute (T3's subje
 transport below gloo's TCP.
 
 Shapes: n ranks (``world_size``), N elements per rank, S = N * itemsize bytes.
-Taught in chapter 11, section "Collectives from send/recv".
+Section: chapter 11, "Collectives from send/recv".
 """
 
 from __future__ import annotations
@@ -70,10 +70,7 @@ class ByteCounter:
 
 
 def chunk_sizes(numel: int, world_size: int) -> list[int]:
-    """Sizes of the n chunks of N elements: the first ``N mod n`` get ``N // n + 1``.
-
-    Taught in chapter 11, section "Collectives from send/recv".
-    """
+    """Sizes of the n chunks of N elements: the first ``N mod n`` get ``N // n + 1``."""
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be an int >= 0, got {numel!r}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
@@ -199,8 +196,6 @@ def ring_reduce_scatter(tensor: torch.Tensor, *, counter: ByteCounter | None = N
     Returns:
         A new 1-D tensor, chunk ``rank`` of ``chunk_sizes(N, n)``; ``tensor`` is left unchanged.
         This rank sends ``S - |chunk r|`` bytes (every chunk but its own once).
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     rank, n = _check("ring_reduce_scatter", tensor, counter, check_shapes)
     chunks = _ring_reduce_scatter_(_flat(tensor).clone(), rank, n, counter)
@@ -219,8 +214,6 @@ def ring_all_gather(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
     Returns:
         A new tensor of shape ``(n, *tensor.shape)``, like ``dist.all_gather`` stacked. Each rank
         sends ``(n - 1)`` pieces, i.e. ``(n - 1) / n`` of the output's bytes.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     rank, n = _check("ring_all_gather", tensor, counter, check_shapes)
     out = torch.empty((n, *tensor.shape), dtype=tensor.dtype)
@@ -245,8 +238,6 @@ def ring_all_reduce(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
 
     Returns:
         ``tensor`` itself, now holding the sum over ranks.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     rank, n = _check("ring_all_reduce", tensor, counter, check_shapes)
     flat = _flat(tensor) if tensor.is_contiguous() else tensor.detach().contiguous().reshape(-1)
@@ -273,8 +264,6 @@ def tree_all_reduce(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
 
     Returns:
         ``tensor`` itself, now holding the sum over ranks.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     rank, n = _check("tree_all_reduce", tensor, counter, check_shapes)
     flat = tensor.detach().contiguous().reshape(-1)
@@ -310,8 +299,6 @@ def all_to_all(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
     Returns:
         A new 1-D tensor: chunk r of rank 0, chunk r of rank 1, ..., chunk r of rank n-1
         (``n * |chunk r|`` elements, which is N when n divides N; like ``dist.all_to_all``).
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     rank, n = _check("all_to_all", tensor, counter, check_shapes)
     chunks = _flat(tensor).tensor_split(n)

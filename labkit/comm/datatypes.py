@@ -23,7 +23,7 @@ What the miniature leaves out: byte-level types mixing element sizes (MPI struct
 measured model that picks between packing on the device, staging through the host, or sending
 one message per block.
 
-Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
+Section: chapter 11, "Datatypes and dynamic meshes: TEMPI and ByteScale".
 """
 
 from __future__ import annotations
@@ -119,8 +119,6 @@ def canonicalize(layout: StridedLayout) -> StridedLayout:
     innermost level whose stride equals the block is contiguous and multiplies the block; an
     outer level whose stride is the inner level's count times its stride merges with it into one
     level. An empty layout (some count or the block 0) becomes ``StridedLayout(0)``.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     if not isinstance(layout, StridedLayout):
         raise TypeError(f"layout must be a StridedLayout, got {type(layout).__name__}")
@@ -152,8 +150,6 @@ def layout_of(view: torch.Tensor, base: torch.Tensor) -> StridedLayout:
     Returns:
         The canonical :class:`StridedLayout`, such that ``pack(base, layout)`` equals
         ``view.reshape(-1)``.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     for name, t in (("view", view), ("base", base)):
         if not isinstance(t, torch.Tensor):
@@ -191,10 +187,7 @@ def _flat_base(base: torch.Tensor, layout: StridedLayout, *, op: str, name: str 
 
 
 def source_offsets(layout: StridedLayout, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Flat index, in the base buffer, of every packed element: shape (numel,), int64.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
-    """
+    """Flat index, in the base buffer, of every packed element: shape (numel,), int64."""
     if not isinstance(layout, StridedLayout):
         raise TypeError(f"layout must be a StridedLayout, got {type(layout).__name__}")
     idx = torch.arange(layout.block, device=device) + layout.offset  # (block,)
@@ -213,8 +206,6 @@ def pack_reference(base: torch.Tensor, layout: StridedLayout) -> torch.Tensor:
 
     Returns:
         (numel,) tensor of ``base``'s dtype and device.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     flat = _flat_base(base, layout, op="pack")
     return flat[source_offsets(layout, device=flat.device)]
@@ -230,8 +221,6 @@ def unpack_reference(buf: torch.Tensor, layout: StridedLayout, out: torch.Tensor
 
     Returns:
         ``out``.
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
     """
     flat = _flat_base(out, layout, op="unpack", name="out")
     _check_buf(buf, layout, out, op="unpack")
@@ -252,19 +241,13 @@ def _check_buf(buf: torch.Tensor, layout: StridedLayout, out: torch.Tensor, *, o
 
 
 def pack_as_strided(base: torch.Tensor, layout: StridedLayout) -> torch.Tensor:
-    """The layout as a tensor view of ``base``, copied with ``.contiguous()`` (PyTorch's own copy).
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
-    """
+    """The layout as a tensor view of ``base``, copied with ``.contiguous()`` (PyTorch's own copy)."""
     flat = _flat_base(base, layout, op="pack_as_strided")
     return flat.as_strided(layout.shape, layout.strides, flat.storage_offset() + layout.offset).contiguous().reshape(-1)
 
 
 def pack_by_blocks(base: torch.Tensor, layout: StridedLayout) -> torch.Tensor:
-    """Pack by one small copy per contiguous block: what a naive MPI does (one memcpy per block).
-
-    Taught in chapter 11, section "Datatypes and dynamic meshes: TEMPI and ByteScale".
-    """
+    """Pack by one small copy per contiguous block: what a naive MPI does (one memcpy per block)."""
     flat = _flat_base(base, layout, op="pack_by_blocks")
     out = torch.empty(layout.numel, dtype=flat.dtype, device=flat.device)
     starts = source_offsets(StridedLayout(1, layout.levels, layout.offset)).tolist()  # (B,) block starts

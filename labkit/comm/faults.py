@@ -21,7 +21,7 @@ its root-causing across jobs, isolation and restart, and real network congestion
 
 Shapes: I iterations, n ranks (``world_size``); timings are ``(I, n)`` arrays in seconds.
 
-Taught in chapter 11, section 4 "C4: reading faults off the collectives".
+Section: chapter 11, "C4: reading faults off the collectives".
 """
 
 from __future__ import annotations
@@ -103,8 +103,6 @@ def simulate_ring_timings(*, world_size: int, iterations: int, nbytes: float, li
         slow_rank: the faulty rank.
         slowdown: factor >= 1.
         seed: seed of the noise.
-
-    Taught in chapter 11, section 4 "C4: reading faults off the collectives".
     """
     n = check_int("world_size", world_size, 2)
     n_iter = check_int("iterations", iterations, 1)
@@ -176,8 +174,6 @@ def detect_slow_rank(duration: np.ndarray, *, link: np.ndarray | None = None, th
         min_share: a fault persists: the flagged rank must also be the latest arrival (or the
             slowest connection) in at least this share of the iterations (in [0, 1]); a healthy
             rank is last in about 1 / n of them by chance.
-
-    Taught in chapter 11, section 4 "C4: reading faults off the collectives".
     """
     d = _check_timings("duration", duration)
     if not 0 <= min_share <= 1:
@@ -217,8 +213,6 @@ def delayed_all_reduce(rank: int, world_size: int, *, delayed_rank: int, delay_s
 
     Returns:
         ``{"enter": [...], "exit": [...]}``: I timestamps each, on this process's own clock.
-
-    Taught in chapter 11, section 4 "C4: reading faults off the collectives".
     """
     if not 0 <= delayed_rank < world_size:
         raise ValueError(f"delayed_rank must be in [0, {world_size}), got {delayed_rank}")

@@ -30,7 +30,7 @@ way.
 Shapes: M output rows (tokens), K the local slice of the reduced dimension, N output features,
 C chunks (C divides M), n ranks (``world_size``).
 
-Taught in chapter 11, section "T3: overlapping a producer with its collective".
+Section: chapter 11, "T3: overlapping a producer with its collective".
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def chunk_rows(m: int, *, chunks: int) -> list[tuple[int, int]]:
 
     Raises:
         ValueError: ``chunks < 1`` or ``chunks`` does not divide ``m``.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     m, chunks = check_int("m", m, 1), check_int("chunks", chunks, 1)
     if m % chunks:
@@ -75,8 +73,6 @@ def make_shards(rank: int, *, m: int, k: int, n: int, seed: int) -> tuple[torch.
 
     Entries are small integers stored as float32, so every product and sum stays exact: a
     chunked GEMM and an all-reduce in any order give bit-identical results.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     for value, name in ((m, "m"), (k, "k"), (n, "n")):
         check_int(name, value, 1)
@@ -96,8 +92,6 @@ def link_all_reduce(tensor: torch.Tensor, *, link: AlphaBeta | None) -> tuple[fl
 
     Returns:
         ``(start, end)``, ``time.perf_counter`` readings around the collective.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     if not isinstance(tensor, torch.Tensor) or not tensor.is_contiguous():
         raise TypeError("link_all_reduce: tensor must be a contiguous torch.Tensor")
@@ -124,8 +118,6 @@ class CommEngine:
 
     Args:
         link: the modelled link of :func:`link_all_reduce`, or ``None`` for plain gloo.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
 
     def __init__(self, *, link: AlphaBeta | None = None) -> None:
@@ -167,8 +159,6 @@ def serial_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *, link: AlphaBet
 
     Shapes: x [M, K], w [K, N] -> [M, N]. ``events`` (if given) receives one compute and one comm
     event with absolute ``perf_counter`` times.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     _check_operands(x, w)
     t0 = time.perf_counter()
@@ -187,8 +177,6 @@ def overlapped_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *, chunks: in
     The row blocks of the output are independent (row ``j`` of ``XW`` needs only row ``j`` of X),
     so each chunk can be reduced as soon as it is written; only the last chunk's communication is
     exposed. Shapes: x [M, K], w [K, N] -> [M, N], in C = ``chunks`` blocks of M / C rows.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     _check_operands(x, w)
     ranges = chunk_rows(x.shape[0], chunks=chunks)
@@ -212,8 +200,6 @@ def overlap_efficiency(*, serial: float, overlapped: float, compute: float, comm
 
     1 means the overlapped step took ``max(compute, comm)`` (perfect overlap of serial
     ``compute + comm``); 0 means no gain; negative means overlapping made it slower.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     for value, name in ((serial, "serial"), (overlapped, "overlapped"), (compute, "compute"), (comm, "comm")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -231,18 +217,13 @@ def serial_step(rank: int, world_size: int, *, m: int, k: int, n: int, repeats: 
     Returns:
         ``{"output": [M, N] tensor, "times": [s, ...] (max over ranks), "median": s,
         "events": rank-relative events of the median run}``.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     return _one_variant(rank, world_size, m=m, k=k, n=n, repeats=repeats, seed=seed, link=link, chunks=None)
 
 
 def overlapped_step(rank: int, world_size: int, *, m: int, k: int, n: int, repeats: int, seed: int,
                     chunks: int, link: AlphaBeta | None = None) -> dict[str, Any]:
-    """Worker: like :func:`serial_step`, for the overlapped version with ``chunks`` chunks.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
-    """
+    """Worker: like :func:`serial_step`, for the overlapped version with ``chunks`` chunks."""
     return _one_variant(rank, world_size, m=m, k=k, n=n, repeats=repeats, seed=seed, link=link,
                         chunks=chunks)
 
@@ -273,8 +254,6 @@ def overlap_study(rank: int, world_size: int, *, m: int, k: int, n: int, repeats
         ``{"sizes": {...}, "modes": {name: {"compute", "comm", "serial": s, "overlapped":
         {C: s}, "events": {C: events of rank 0's median run}, "serial_events": events,
         "exact": bool}}, "output": [M, N] tensor}``.
-
-    Taught in chapter 11, section "T3: overlapping a producer with its collective".
     """
     _check_world(world_size)
     counts = tuple(check_int("chunk_counts", c, 1) for c in chunk_counts)

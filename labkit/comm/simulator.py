@@ -17,7 +17,7 @@ Communication Operations in MPICH" (2005). What it leaves out: contention (two m
 a link), the overlap of a step's computation with the next step's transfer, and stragglers.
 
 Shapes: n ranks (``world_size``), N elements per rank, S = N * itemsize bytes.
-Taught in chapter 11, section "Collectives from send/recv".
+Section: chapter 11, "Collectives from send/recv".
 """
 
 from __future__ import annotations
@@ -123,8 +123,6 @@ def simulate(kind: str, tensors: Sequence[torch.Tensor]) -> SimResult:
         A :class:`SimResult`; ``outputs[r]`` matches what rank r gets from the real function:
         chunk r of the sum (1-D), the stacked gather ``(n, *shape)``, the sum (input shape), or
         the received all-to-all chunks (1-D).
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -173,8 +171,6 @@ def bytes_per_rank(kind: str, *, numel: int, world_size: int, itemsize: int = 4)
     ``(N - c[r])`` elements in a reduce-scatter or all-to-all, ``(n - 1) N`` in an all-gather of
     N-element pieces, ``2N - c[r] - c[r+1]`` in a ring all-reduce (``2 (n-1)/n N`` when n divides N),
     and ``N (1[r > 0] + children(r))`` in a binomial-tree all-reduce.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -204,8 +200,6 @@ def predict_times(kinds: Sequence[str], *, sizes_bytes: Sequence[float], world_s
                   link: AlphaBeta) -> dict[str, list[float]]:
     """Alpha-beta predicted seconds of each collective at each size (a thin loop over
     :func:`labkit.comm.costmodel.collective_time`, for n up to thousands of ranks).
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     bad = [k for k in kinds if k not in KINDS]
     if bad:

@@ -22,7 +22,7 @@ Shapes and letters: L leaves, S spines, H hosts per leaf, N = L H hosts, F flows
 named ``h<i>`` (host), ``l<j>`` (leaf), ``s<k>`` (spine); host i hangs off leaf i // H. A load
 is a dict ``(u, v) -> traffic`` over the directed links, in the unit of the flow sizes.
 
-Taught in chapter 11, section 3 "Packet spraying or a single path?".
+Section: chapter 11, "Packet spraying or a single path?".
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ def build_topology(kind: str = "leaf_spine", *, n_leaves: int, n_spines: int, ho
     Returns:
         A ``networkx.DiGraph`` with N + L + S nodes (attribute ``tier``: host/leaf/spine) and
         2 (N + L S) directed links. Graph attributes ``n_leaves``, ``n_spines``, ``hosts_per_leaf``.
-
-    Taught in chapter 11, section 3 "Packet spraying or a single path?".
     """
     if kind not in TOPOLOGIES:
         raise ValueError(f"unknown topology kind {kind!r}; expected one of {TOPOLOGIES}")
@@ -106,8 +104,6 @@ def job_flows(pattern: str, *, n_leaves: int, hosts_per_leaf: int, size: float =
 
     Returns:
         F flows: N for the ring, N (N - 1) for all-to-all.
-
-    Taught in chapter 11, section 3 "Packet spraying or a single path?".
     """
     n = check_int("n_leaves", n_leaves, 1) * check_int("hosts_per_leaf", hosts_per_leaf, 1)
     if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0:
@@ -193,8 +189,6 @@ def route_flows(topo: nx.DiGraph, flows: Sequence[Flow], *, scheme: str,
     Returns:
         ``(u, v) -> traffic`` for every directed link of ``topo`` (zero where nothing flows).
         Flows under one leaf use host->leaf->host; the rest host->leaf->spine->leaf->host.
-
-    Taught in chapter 11, section 3 "Packet spraying or a single path?".
     """
     if not isinstance(topo, nx.DiGraph) or "n_spines" not in topo.graph:
         raise TypeError("topo must be a fabric built by build_topology")
@@ -261,8 +255,6 @@ def max_congestion(topo: nx.DiGraph, load: dict[tuple[str, str], float], *, fabr
         topo: the fabric the load was routed on.
         load: ``(u, v) -> traffic`` from :func:`route_flows`.
         fabric_only: only the leaf-spine links (the host links carry the same load in every scheme).
-
-    Taught in chapter 11, section 3 "Packet spraying or a single path?".
     """
     if not isinstance(load, dict):
         raise TypeError(f"load must be a dict (u, v) -> traffic, got {type(load).__name__}")

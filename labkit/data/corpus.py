@@ -13,6 +13,7 @@ What the miniature leaves out: no deduplication, no licence headers stripped, no
 tokenizer beyond bytes. The content depends on the Python version that runs it.
 
 Shapes: B batch size, T block (context) length, L length of a split in bytes.
+Section: chapter 05, "Top-k routing from scratch" (the tiny GPT's corpus, reused by chapters 10 and 14).
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ class TextCorpus:
         source: how the corpus was built, the same on every Python version (e.g. the arguments
             of :func:`stdlib_corpus`), for the cache keys of models trained on it; ``""`` for a
             corpus built by hand (keys then use its content).
-
-    Section: chapter "sequence", the byte-level GPT lab animal.
     """
 
     train: torch.Tensor
@@ -171,8 +170,6 @@ def stdlib_corpus(*, max_bytes: int = 3_000_000, val_fraction: float = 0.1, seed
 
     Shapes:
         train: (L_train,) uint8; val: (L_val,) uint8, L_train + L_val <= max_bytes.
-
-    Section: chapter "sequence", the byte-level GPT lab animal.
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 10_000:
         raise ValueError(f"max_bytes must be an int >= 10_000, got {max_bytes!r}")

@@ -24,8 +24,6 @@ def offline_download_error(name: str, url: str, *, path: str | os.PathLike[str] 
 
     Returns:
         A ``FileNotFoundError`` whose message names the dataset, the URL and the place.
-
-    Section: the appendix on running the book offline.
     """
     name = _check_text("name", name)
     url = _check_text("url", url)
@@ -55,8 +53,6 @@ def require_local(path: str | os.PathLike[str], *, name: str, url: str) -> Path:
             and where to put it.
         TypeError: ``path`` is not a str or path-like, or ``name``/``url`` are not strings.
         ValueError: ``name`` or ``url`` is empty.
-
-    Section: the appendix on running the book offline.
     """
     name = _check_text("name", name)
     url = _check_text("url", url)

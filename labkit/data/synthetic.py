@@ -6,6 +6,7 @@ can be asserted. Nothing is downloaded; ``digits`` reads the 8x8 digits that sci
 ships inside its wheel.
 
 Shapes: N samples or nodes, D features, C classes or communities, M directed edges.
+Section: chapter 01, "Message passing is a sparse matrix product"; chapter 09, "Where sampling time goes".
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from labkit.validation import check_int
 
 __all__ = ["make_generator", "gaussian_blobs", "planted_partition_graph", "digits"]
 
@@ -28,8 +31,6 @@ def make_generator(seed: int) -> torch.Generator:
 
     Returns:
         A fresh generator; two calls with the same seed give the same stream.
-
-    Section: used by every chapter's seeded experiments.
     """
     return torch.Generator().manual_seed(_check_seed(seed))
 
@@ -55,11 +56,9 @@ def gaussian_blobs(
 
     Shapes:
         x: (N, D) float32; y: (N,) int64.
-
-    Section: the warm-up experiments of the early chapters.
     """
     for name, value, low in (("n", n, 1), ("n_classes", n_classes, 1), ("dim", dim, 1)):
-        _check_int(name, value, low=low)
+        check_int(name, value, low)
     if n < n_classes:
         raise ValueError(f"n must be at least n_classes ({n_classes}) so every class has a sample, got {n}")
     if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 <= spread < float("inf"):
@@ -94,13 +93,11 @@ def planted_partition_graph(
 
     Shapes:
         edge_index: (2, M) int64 with M even; labels: (N,) int64, N = sum(sizes).
-
-    Section: the graph chapter's community-detection and GNN experiments.
     """
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
         raise ValueError(f"sizes must be a non-empty sequence of positive ints, got {sizes!r}")
     for i, size in enumerate(sizes):
-        _check_int(f"sizes[{i}]", size, low=1)
+        check_int(f"sizes[{i}]", size, 1)
     for name, p in (("p_in", p_in), ("p_out", p_out)):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -147,8 +144,6 @@ def digits(*, size: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
     Shapes:
         images: (1797, 1, 8, 8) float32; labels: (1797,) int64.
-
-    Section: the diffusion chapter's lab animal.
     """
     if isinstance(size, bool) or size != 8:
         raise ValueError(f"size must be 8 (the resolution scikit-learn ships), got {size!r}")
@@ -184,7 +179,3 @@ def _check_seed(seed: object) -> int:
         raise ValueError(f"seed must be in [0, 2**63 - 1], got {seed}")
     return int(seed)
 
-
-def _check_int(name: str, value: object, *, low: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

@@ -1,7 +1,27 @@
-"""The tiny DDPM lab animal: schedule, UNet (split into encoder and decoder), training, sampling
-and sample-quality measures.
+"""Diffusion acceleration (chapter 09) on the tiny DDPM lab animal, reused by chapter 10.
 
-Section: chapter 09 (built there), reused by chapter 10.
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- Faster Diffusion (``faster_diffusion``), section 02 "Faster Diffusion: encoder propagation":
+  :mod:`~labkit.diffusion.faster` (encoder propagation, parallel decoding, prior noise
+  injection), measured with :mod:`~labkit.diffusion.profiling`;
+- A-SDM (``a_sdm``) and LAPTOP-Diff (``laptop_diff``), section 03 "Feature inheritance and layer
+  pruning": :mod:`~labkit.diffusion.pruning` (feature inheritance, the additive pruning
+  criterion, normalised distillation);
+- SwiftDiffusion (``swiftdiffusion``), section 04 "Serving: add-ons and patch parallelism":
+  :mod:`~labkit.diffusion.lora` (the LoRA add-on, merged or on the fly),
+  :mod:`~labkit.diffusion.serving` (timed request drivers, bounded asynchronous loading, the
+  cost model) and :mod:`~labkit.diffusion.controlnet` (a ControlNet-style add-on in parallel);
+- PCPP (``pcpp``), with DistriFusion, section 04: :mod:`~labkit.diffusion.patch_parallel`
+  (stale halos, partial conditioning, bytes of both transports).
+
+The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
+of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
+:mod:`~labkit.diffusion.unet` (the UNet, split into encoder and decoder),
+:mod:`~labkit.diffusion.norm` (GroupNorm + SiLU, reference and Triton),
+:mod:`~labkit.diffusion.train` (training and cached weights), :mod:`~labkit.diffusion.sampling`
+(the one DDIM loop every sampler runs), :mod:`~labkit.diffusion.quality` (sample quality
+without downloads) and :mod:`~labkit.diffusion.profiling` (where the time goes).
 """
 
 from .lora import (LoRA, MergedWeights, load_lora, lora_branches, lora_targets, merge_loras, random_lora, save_lora,
@@ -26,15 +46,15 @@ from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 
 __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit",
            "amdahl_speedup", "check_key_steps", "feature_change", "interleaved_times", "key_groups", "op_breakdown",
-           "op_kind", "paired_speedup", "paper_key_steps", "part_params", "profile_blocks", "pruning", "sample_propagated",
-           "skipped_fraction", "time_split", "uniform_key_steps", "unet_blocks",
-           "AsyncLoad", "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
+           "op_kind", "paired_speedup", "paper_key_steps", "part_params", "profile_blocks", "pruning",
+           "sample_propagated", "skipped_fraction", "time_split", "uniform_key_steps", "unet_blocks", "AsyncLoad",
+           "ControlAddon", "LoRA", "LoRACost", "MergedWeights", "PatchConfig", "PatchRun", "ServeTiming",
            "canvas_forward", "canvas_tiles", "conditioned_layers", "controlled_noise", "halo_layers", "load_lora",
            "lora_branches", "lora_targets", "merge_loras", "merge_patches", "random_lora", "sample_canvas",
            "sample_controlled", "sample_patch_parallel", "save_lora", "serve_bounded_async", "serve_with_loras",
-           "split_patches", "train_lora", "unmerge_loras",
-           "ClassifierResult", "DDPMResult", "DiffusionTrainConfig", "DigitClassifier", "Features", "NoiseSchedule",
-           "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig", "balanced_labels", "class_diversity",
-           "classifier_confidence", "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_recipe", "digits_split",
-           "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference", "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample",
-           "sample_quality", "timestep_embedding", "train_ddpm"]
+           "split_patches", "train_lora", "unmerge_loras", "ClassifierResult", "DDPMResult", "DiffusionTrainConfig",
+           "DigitClassifier", "Features", "NoiseSchedule", "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig",
+           "balanced_labels", "class_diversity", "classifier_confidence", "ddim_loop", "ddim_step", "ddim_timesteps",
+           "ddpm_recipe", "digits_split", "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference",
+           "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample", "sample_quality",
+           "timestep_embedding", "train_ddpm"]

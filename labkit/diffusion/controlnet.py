@@ -51,8 +51,6 @@ class ControlAddon(nn.Module):
         base: the model to copy.
         seed: seeds ``hint_in`` and the 1 x 1 convolutions.
         zero_init: ControlNet's zero convolutions.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
 
     def __init__(self, base: TinyUNet, *, seed: int = 0, zero_init: bool = True) -> None:
@@ -123,8 +121,6 @@ def controlled_noise(model: TinyUNet, addon: ControlAddon, x: torch.Tensor, t: t
 
     Returns:
         eps, (B, C, H, W).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     def timed(lane: str, what: str, fn, *args):  # noqa: ANN001, ANN202
         start = time.perf_counter()
@@ -161,8 +157,6 @@ def sample_controlled(model: TinyUNet, schedule: NoiseSchedule, addon: ControlAd
 
     Returns:
         ``(images in [-1, 1], events)``; event times in seconds from the start of sampling.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     model.eval()
     addon.eval()

@@ -73,8 +73,6 @@ def check_key_steps(key_steps: Sequence[int], steps: int) -> tuple[int, ...]:
     Raises:
         TypeError: not a sequence of ints.
         ValueError: empty, out of range, not strictly increasing, or not starting at 0.
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     S = check_int("steps", steps, 1)
     if isinstance(key_steps, (str, bytes)) or not isinstance(key_steps, (Sequence, np.ndarray, torch.Tensor)):
@@ -96,8 +94,6 @@ def uniform_key_steps(steps: int, *, every: int) -> tuple[int, ...]:
     """Every ``every``-th step is a key step: ``0, every, 2 every, ...`` below S.
 
     ``every = 1`` is ordinary sampling; ``every = S`` runs the encoder once.
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     S = check_int("steps", steps, 1)
     n = check_int("every", every, 1, S)
@@ -110,8 +106,6 @@ def paper_key_steps(steps: int) -> tuple[int, ...]:
     Each of :data:`PAPER_KEY_STEPS_50` becomes ``round(k * S / 50)`` (duplicates dropped), so
     S = 50 gives the paper's 9 key steps (82% of the steps skip the encoder) and S = 20 gives
     ``0, 1, 2, 4, 6, 10, 14``.
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     S = check_int("steps", steps, 1)
     return tuple(sorted({min(int(k * S / 50 + 0.5), S - 1) for k in PAPER_KEY_STEPS_50}))
@@ -123,8 +117,6 @@ def key_groups(key_steps: Sequence[int], steps: int) -> list[tuple[int, ...]]:
     Returns:
         One tuple per key step: the key step and the non-key steps after it, e.g. key steps
         ``(0, 3)`` of 5 steps give ``[(0, 1, 2), (3, 4)]``.
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     keys = check_key_steps(key_steps, steps)
     ends = keys[1:] + (int(steps),)
@@ -132,10 +124,7 @@ def key_groups(key_steps: Sequence[int], steps: int) -> list[tuple[int, ...]]:
 
 
 def skipped_fraction(key_steps: Sequence[int], steps: int) -> float:
-    """Fraction of the S steps that skip the encoder: ``1 - len(key_steps) / S``.
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
-    """
+    """Fraction of the S steps that skip the encoder: ``1 - len(key_steps) / S``."""
     return 1.0 - len(check_key_steps(key_steps, steps)) / steps
 
 
@@ -147,8 +136,6 @@ def amdahl_speedup(share: float, skipped: float) -> float:
     Args:
         share: f, fraction of a step's time in the skipped part, in [0, 1).
         skipped: k, fraction of steps that skip it, in [0, 1].
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     for name, v, hi_open in (("share", share, True), ("skipped", skipped, False)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -187,8 +174,6 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
 
     Returns:
         Images in [-1, 1], (B, C, H, W).
-
-    Section: chapter 09, "Faster Diffusion: encoder propagation".
     """
     if not isinstance(model, TinyUNet):
         raise TypeError(f"model must be a TinyUNet, got {type(model).__name__}")

@@ -70,8 +70,6 @@ class PatchConfig:
         fill: what an unexchanged halo becomes: ``"replicate"`` (the strip's own edge column) or
             ``"zeros"`` (as if the strip edge were the image edge).
         exchange_norm: combine GroupNorm statistics over all patches (else each patch uses its own).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
 
     n_patches: int = 4
@@ -108,8 +106,6 @@ class PatchRun:
         breakdown: run totals ``(p2p, all-gather)`` per kind of tensor: ``"latent"`` (the first
             layer's input, exchanged fresh every step), ``"halos"`` (deeper layers' edge
             columns) and ``"norm"`` (GroupNorm sums, sent to every device by both transports).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
 
     images: torch.Tensor
@@ -138,8 +134,6 @@ def split_patches(x: torch.Tensor, n_patches: int) -> list[torch.Tensor]:
 
     Returns:
         P tensors (B, C, H, W / P), left to right (views of ``x``).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     P = check_int("n_patches", n_patches, 1)
     if x.dim() != 4:
@@ -164,8 +158,6 @@ def canvas_tiles(images: torch.Tensor, size: int = 8) -> torch.Tensor:
 
     Returns:
         (B * H/size * W/size, C, size, size), tiles of each image row by row.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     size = check_int("size", size, 1)
     if images.dim() != 4 or images.shape[2] % size or images.shape[3] % size:
@@ -176,10 +168,7 @@ def canvas_tiles(images: torch.Tensor, size: int = 8) -> torch.Tensor:
 
 
 def halo_layers(model: TinyUNet) -> list[str]:
-    """Names of the convolutions wider than 1 x 1 (those that need halos), in execution order.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
-    """
+    """Names of the convolutions wider than 1 x 1 (those that need halos), in execution order."""
     if not isinstance(model, TinyUNet):
         raise TypeError(f"model must be a TinyUNet, got {type(model).__name__}")
     names: list[str] = []
@@ -205,8 +194,6 @@ def conditioned_layers(model: TinyUNet, fraction: float) -> tuple[str, ...]:
 
     Returns:
         Layer names, in the order they are added as ``fraction`` grows.
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
@@ -304,8 +291,6 @@ def canvas_forward(model: TinyUNet, x: torch.Tensor, t: torch.Tensor, y: torch.T
 
     Returns:
         eps, (B, C, H, W).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     _check_canvas(model, x, 1)
     return _walk(model, [x], model.embed(t, y), _Ops())[0]
@@ -395,8 +380,6 @@ def sample_canvas(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torch.Tensor
 
     Returns:
         (B, C, H, W) in [-1, 1].
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     _check_canvas(model, x_T, 1)
     model.eval()
@@ -429,8 +412,6 @@ def sample_patch_parallel(model: TinyUNet, schedule: NoiseSchedule, *, x_T: torc
 
     Shapes:
         each device's strip: (B, C, H, W / P).
-
-    Section: chapter 09, "Serving: add-ons and patch parallelism".
     """
     if not isinstance(config, PatchConfig):
         raise TypeError(f"config must be a PatchConfig, got {type(config).__name__}")

@@ -83,8 +83,6 @@ def unet_blocks(model: TinyUNet) -> list[tuple[str, str, nn.Module]]:
     reused), ``"encoder"`` (``conv_in``, the down path's blocks and down-samplers: what Faster
     Diffusion skips) and ``"decoder"`` (middle blocks, the up path and the output head). Names
     are those of ``model.named_modules()``.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     if not isinstance(model, TinyUNet):
         raise TypeError(f"model must be a TinyUNet, got {type(model).__name__}")
@@ -106,10 +104,7 @@ def unet_blocks(model: TinyUNet) -> list[tuple[str, str, nn.Module]]:
 
 
 def part_params(model: TinyUNet) -> dict[str, int]:
-    """Parameters of each part of :func:`unet_blocks`: ``embed``, ``encoder`` and ``decoder`` (the rest).
-
-    Section: chapter 09, "Where sampling time goes".
-    """
+    """Parameters of each part of :func:`unet_blocks`: ``embed``, ``encoder`` and ``decoder`` (the rest)."""
     counts = {p: 0 for p in PARTS}
     for _, part, module in unet_blocks(model):
         if part != "decoder":
@@ -137,8 +132,6 @@ class BlockProfile:
         seconds: (S, K) float64, time charged to each block (since the previous block ended).
         wall: seconds of the whole run (hooks included), for the share outside the blocks, on
             the same clock as ``seconds``.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     names: tuple[str, ...]
@@ -181,8 +174,6 @@ def profile_blocks(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, st
 
     Returns:
         :class:`BlockProfile` with an (S, K) table of seconds.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     _check_run(model, n, steps, schedule)
     blocks = unet_blocks(model)
@@ -229,8 +220,6 @@ class OpBreakdown:
         kinds: names of the groups, largest first.
         seconds: total self time of each group.
         ops: per aten op name, its self seconds (for a closer look).
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     kinds: tuple[str, ...]
@@ -248,8 +237,6 @@ def op_kind(name: str) -> str:
     """The kind of an operator by its profiler name (``"aten::mkldnn_convolution"`` -> ``"convolution"``).
 
     Kinds: convolution, GroupNorm, SiLU, linear, data movement, elementwise, other.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -298,8 +285,6 @@ def op_breakdown(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, step
         :class:`OpBreakdown`. Self times exclude the time of nested operators, so the groups add
         up to the operators' total without double counting (``aten::conv2d`` itself is only
         dispatch; its work is in ``aten::mkldnn_convolution`` or a similar leaf).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     _check_run(model, n, steps, schedule)
     from torch.profiler import ProfilerActivity, profile
@@ -325,8 +310,6 @@ class FeatureChange:
         timesteps: the S training steps visited.
         change: (K, S - 1) float64, ``||f_{s+1} - f_s|| / ||f_s||`` (norms over the whole batch).
         x_change: (S - 1,) the same for the sampler's state ``x_t`` itself, as a yardstick.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     names: tuple[str, ...]
@@ -363,8 +346,6 @@ def feature_change(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, st
 
     Returns:
         :class:`FeatureChange`, with a (K, S - 1) table.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     _check_run(model, n, steps, schedule)
     check_int("steps", steps, 2, schedule.n_steps)  # a change needs two steps
@@ -401,8 +382,6 @@ class TimeSplit:
     of a step that encoder reuse removes, ``(encode - embed) / (encode + decode + update)``,
     computed within each round (the four pieces ran back to back) and then the median over
     rounds, so a burst of load on a shared machine does not tilt it.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     encode: float
@@ -431,8 +410,6 @@ def time_split(model: TinyUNet, schedule: NoiseSchedule, *, n: int = 100, repeat
 
     Returns:
         :class:`TimeSplit`.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     _check_run(model, n, 1, schedule)
     check_int("repeats", repeats, 1)

@@ -74,10 +74,7 @@ def _blocks_by_name(model: TinyUNet, names: Sequence[str]) -> list[nn.Module]:
 
 
 def prunable_blocks(model: TinyUNet) -> list[str]:
-    """Names of the residual blocks that can become the identity (same width in and out), in execution order.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
-    """
+    """Names of the residual blocks that can become the identity (same width in and out), in execution order."""
     return [name for name, block in _check_model(model).res_blocks() if block.can_skip]
 
 
@@ -93,8 +90,6 @@ def skipped(model: TinyUNet, names: Sequence[str]) -> Iterator[TinyUNet]:
 
     Raises:
         ValueError: an unknown name, or a block that changes width.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     blocks = _blocks_by_name(_check_model(model), names)
     before = {name: block.skip for name, block in model.res_blocks()}
@@ -108,10 +103,7 @@ def skipped(model: TinyUNet, names: Sequence[str]) -> Iterator[TinyUNet]:
 
 
 def pruned_copy(model: TinyUNet, names: Sequence[str]) -> TinyUNet:
-    """A deep copy of ``model`` with the named blocks permanently skipped (the student before retraining).
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
-    """
+    """A deep copy of ``model`` with the named blocks permanently skipped (the student before retraining)."""
     student = copy.deepcopy(_check_model(model))
     for block in _blocks_by_name(student, names):
         block.skip = True
@@ -124,8 +116,6 @@ def forward_macs(model: TinyUNet, *, skip: Sequence[str] = ()) -> int:
 
     A convolution costs ``out.numel() * in_channels / groups * kh * kw``, a linear layer
     ``out.numel() * in_features``; norms and activations are ignored. Skipped blocks cost nothing.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     cfg = _check_model(model).cfg
     total = [0]
@@ -152,18 +142,13 @@ def forward_macs(model: TinyUNet, *, skip: Sequence[str] = ()) -> int:
 
 def block_macs(model: TinyUNet) -> dict[str, int]:
     """Multiply-adds per image that removing each prunable block saves alone: ``forward_macs()`` minus the pruned one's.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     full = forward_macs(model)
     return {name: full - forward_macs(model, skip=[name]) for name in prunable_blocks(model)}
 
 
 class CalibrationSet(NamedTuple):
-    """Where the output loss is measured: ``x_t`` (N, C, H, W) from ``q_sample``, ``t`` (N,), ``y`` (N,) or None.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
-    """
+    """Where the output loss is measured: ``x_t`` (N, C, H, W) from ``q_sample``, ``t`` (N,), ``y`` (N,) or None."""
 
     x_t: torch.Tensor
     t: torch.Tensor
@@ -177,8 +162,6 @@ def calibration_set(images: torch.Tensor, labels: torch.Tensor | None, schedule:
     Args:
         images, labels: clean images in [-1, 1], (M, C, H, W), and their classes (M,) or None.
         schedule: the forward process; n: N, calibration points; seed: seeds the draws.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     check_int("n", n, 1)
     if not isinstance(schedule, NoiseSchedule):
@@ -214,8 +197,6 @@ def output_losses(model: TinyUNet, calib: CalibrationSet, subsets: Sequence[Sequ
 
     Returns:
         One mean squared difference per pixel for each set, in order.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     full = _eps(_check_model(model), calib)  # (N, C, H, W), computed once for all sets
     losses = []
@@ -237,8 +218,6 @@ def single_effects(model: TinyUNet, calib: CalibrationSet, *, names: Sequence[st
 
     Returns:
         block name -> output loss, in the order of ``names``.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     names = prunable_blocks(model) if names is None else list(names)
     return dict(zip(names, output_losses(model, calib, [[n] for n in names])))
@@ -257,8 +236,6 @@ def choose_removal(effects: Mapping[str, float], costs: Mapping[str, float], *, 
 
     Returns:
         The chosen block names, in ``effects``' order.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     names = list(effects)
     if set(names) != set(costs):
@@ -288,8 +265,6 @@ def random_removal(costs: Mapping[str, float], *, target: float, generator: torc
 
     Returns:
         Block names in ``costs``' order.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     names = list(costs)
     total = sum(costs.values())
@@ -324,8 +299,6 @@ def sample_inheriting(model: TinyUNet, schedule: NoiseSchedule, *, skip: Sequenc
 
     Returns:
         Images in [-1, 1], (B, C, H, W).
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     _check_model(model)
     check_int("n", n, 1)
@@ -346,10 +319,7 @@ def sample_inheriting(model: TinyUNet, schedule: NoiseSchedule, *, skip: Sequenc
 
 
 def stage_blocks(model: TinyUNet) -> list[str]:
-    """The last block of every stage (each down level, the middle, each up level): where features are distilled.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
-    """
+    """The last block of every stage (each down level, the middle, each up level): where features are distilled."""
     _check_model(model)
     down = [f"down.{lv}.{len(b) - 1}" for lv, b in enumerate(model.down)]
     up = [f"up.{lv}.{len(model.up[lv]) - 1}" for lv in reversed(range(len(model.up)))]
@@ -374,8 +344,6 @@ def feature_gaps(teacher: TinyUNet, student: TinyUNet, calib: CalibrationSet) ->
     """Per stage: the plain feature loss ``mean (F_s - F_t)^2`` and the normalised one (divided by ``mean F_t^2``).
 
     Shows the imbalance that LAPTOP-Diff's normalisation is meant to remove.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     names = stage_blocks(_check_model(teacher))
     dev = next(teacher.parameters()).device
@@ -396,8 +364,6 @@ class DistillConfig:
         output_weight: weight of the output distillation ``mean (eps_s - eps_t)^2``.
         feature_weight: weight of the summed stage-feature terms (0: output-only distillation).
         normalise: divide each feature term by the teacher feature's mean square (LAPTOP-Diff).
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
 
     steps: int = 150
@@ -420,10 +386,7 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
-    """The retrained student and its curve: rows (step, task loss, output loss, feature loss).
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
-    """
+    """The retrained student and its curve: rows (step, task loss, output loss, feature loss)."""
 
     student: TinyUNet
     history: list[tuple[int, float, float, float]] = field(default_factory=list)
@@ -450,8 +413,6 @@ def distill_pruned(teacher: TinyUNet, skip: Sequence[str], images: torch.Tensor,
 
     Returns:
         :class:`DistillResult`, student in eval mode.
-
-    Section: chapter 09, "Feature inheritance and layer pruning".
     """
     if not isinstance(cfg, DistillConfig):
         raise TypeError(f"cfg must be a DistillConfig, got {type(cfg).__name__}")

@@ -51,8 +51,6 @@ class DigitClassifier(nn.Module):
     Args:
         feature_dim: D, width of the penultimate layer used by :func:`feature_frechet_distance`.
         init_seed: seed of the name-seeded initialisation.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     def __init__(self, feature_dim: int = 32, *, init_seed: int = 0) -> None:
@@ -85,10 +83,7 @@ class DigitClassifier(nn.Module):
 
 @dataclass
 class ClassifierResult:
-    """The trained judge and its accuracy on the 360 held-out digits of :func:`digits_split`.
-
-    Section: chapter 09, "Where sampling time goes".
-    """
+    """The trained judge and its accuracy on the 360 held-out digits of :func:`digits_split`."""
 
     model: DigitClassifier
     test_accuracy: float
@@ -124,8 +119,6 @@ def pretrained_classifier(seed: int = 0, *, epochs: int = 30, verbose: bool = Tr
 
     Returns:
         :class:`ClassifierResult` (model in eval mode, held-out accuracy, about 0.98).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     fields = {"arch": "conv16-conv32-pool-fc32-fc10", "seed": seed, "epochs": epochs, "lr": 3e-3,
               "data": "digits_split(seed=0), shift augmentation +-1 px"}
@@ -158,8 +151,6 @@ def classifier_confidence(images: torch.Tensor, *, classifier: DigitClassifier) 
     Args:
         images: (B, 1, 8, 8) in [-1, 1].
         classifier: the judge (:func:`pretrained_classifier`).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     return _probs(classifier, images).max(dim=1).values.mean().item()
 
@@ -172,8 +163,6 @@ def class_diversity(images: torch.Tensor, *, classifier: DigitClassifier) -> flo
     Args:
         images: (B, 1, 8, 8) in [-1, 1].
         classifier: the judge.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     pred = _probs(classifier, images).argmax(dim=1)  # (B,)
     p = torch.bincount(pred, minlength=10).double() / pred.numel()  # (K,)
@@ -199,8 +188,6 @@ def feature_frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> fl
 
     Shapes:
         feats_a: (B_a, D); feats_b: (B_b, D).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
         if f.dim() != 2 or f.shape[0] < 2:
@@ -227,8 +214,6 @@ def pixel_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
 
     Args:
         a, b: images of the same shape, e.g. two samplers' outputs from the same ``x_T``.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -237,10 +222,7 @@ def pixel_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class SampleQuality:
-    """The three classifier-based measures of one set of samples against real images.
-
-    Section: chapter 09, "Where sampling time goes".
-    """
+    """The three classifier-based measures of one set of samples against real images."""
 
     confidence: float
     diversity: float
@@ -254,8 +236,6 @@ def sample_quality(images: torch.Tensor, reference: torch.Tensor, *, classifier:
         images: generated images, (B, 1, 8, 8) in [-1, 1].
         reference: real images (e.g. the test split of :func:`digits_split`), (B_r, 1, 8, 8).
         classifier: the judge.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     with torch.no_grad():
         fa = classifier.eval().features(images.float().cpu())

@@ -41,8 +41,6 @@ def balanced_labels(n: int, n_classes: int = 10, *, device: torch.device | str =
 
     Returns:
         (n,) int64.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     check_int("n", n, 1)
     check_int("n_classes", n_classes, 1)
@@ -167,8 +165,6 @@ def sample(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps: int = 50,
     Returns:
         Images in [-1, 1], (B, C, H, W); with ``return_trajectory`` also the list of S + 1 states
         ``[x_T, x_{t_1}, ..., x_0]``.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     check_int("n", n, 1)
     ddim_timesteps(schedule.n_steps, steps)  # check `steps` before drawing any noise

@@ -55,8 +55,6 @@ class NoiseSchedule:
         betas: (T,) float32, ``beta_t``.
         alphas: (T,) float32, ``1 - beta_t``.
         alphas_cumprod: (T,) float32, ``abar_t``, strictly decreasing inside (0, 1).
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     n_steps: int = 1000
@@ -139,8 +137,6 @@ def ddim_timesteps(n_train: int, n_sample: int) -> torch.Tensor:
 
     Returns:
         (S,) int64, strictly decreasing, first ``T - 1``, last 0 (when S > 1).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     T = check_int("n_train", n_train, 1)
     S = check_int("n_sample", n_sample, 1, T)
@@ -179,8 +175,6 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedul
 
     Shapes:
         x_t, eps, noise, result: (B, C, H, W).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     T = schedule.n_steps
     t = check_int("t", t, 0, T - 1)

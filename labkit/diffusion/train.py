@@ -56,8 +56,6 @@ class DiffusionTrainConfig:
         eval_every: record the losses every this many steps (and at the end).
         ema: decay of an exponential moving average of the weights, or None (off); the model
             returned is then the average.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     steps: int = 700
@@ -84,8 +82,6 @@ class DDPMResult:
 
     ``history`` rows are (step, mean training loss since the previous row, loss on a fixed
     evaluation batch, seconds of training so far).
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     model: TinyUNet
@@ -105,8 +101,6 @@ def ddpm_recipe(tier: str) -> DiffusionTrainConfig:
     recognisable digits. ``default``: 700 steps of 128 images, 13-16 steps/s, so 45-52 s; the
     samples are clearly digits of every class. ``gpu`` uses the ``default`` recipe (not measured
     on a GPU; the model is too small for a GPU to change what is worth training).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     tier = validate_tier(tier)
     if tier == "ci":
@@ -122,8 +116,6 @@ def digits_split(*, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
     Shapes:
         images: (N, 1, 8, 8) float32; labels: (N,) int64.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     images, labels = digits(size=8, seed=seed)
     n = labels.numel() - _N_TEST
@@ -175,8 +167,6 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
 
     Shapes:
         images: (N, C, H, W); labels: (N,).
-
-    Section: chapter 09, "Where sampling time goes".
     """
     if not isinstance(train_cfg, DiffusionTrainConfig):
         raise TypeError(f"train_cfg must be a DiffusionTrainConfig, got {type(train_cfg).__name__}")
@@ -247,8 +237,6 @@ def pretrained_ddpm(cfg: UNetConfig = UNetConfig(), train_cfg: DiffusionTrainCon
 
     Returns:
         :class:`DDPMResult`, model in eval mode on ``device``.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     if cfg.image_size != 8 or cfg.in_channels != 1:
         raise ValueError(f"pretrained_ddpm trains on 8 x 8 grey digits; cfg has image_size={cfg.image_size}, "

@@ -63,8 +63,6 @@ class UNetConfig:
         time_dim: E, width of the step (and class) embedding.
         n_classes: number of classes for class conditioning, or None for an unconditional model.
         groups: GroupNorm groups; every width must be divisible by it.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     image_size: int = 8
@@ -115,8 +113,6 @@ class Features(NamedTuple):
         skips: the down path's activations in the order they were made (the decoder pops them
             from the end), one per long skip.
         emb: the step (and class) embedding, (B, E).
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     h: torch.Tensor
@@ -137,8 +133,6 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0
 
     Shapes:
         t: (B,); result: (B, dim) float32.
-
-    Section: chapter 09, "Where sampling time goes".
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -166,8 +160,6 @@ class ResBlock(nn.Module):
         in_ch, out_ch: input and output channels.
         emb_dim: E.
         groups: GroupNorm groups.
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int) -> None:
@@ -224,8 +216,6 @@ class TinyUNet(nn.Module):
     Args:
         cfg: the architecture.
         init_seed: seed of :meth:`reset_parameters` (default ``torch.initial_seed()``).
-
-    Section: chapter 09, "Where sampling time goes".
     """
 
     def __init__(self, cfg: UNetConfig = UNetConfig(), *, init_seed: int | None = None) -> None:
@@ -300,8 +290,6 @@ class TinyUNet(nn.Module):
 
     def res_blocks(self) -> list[tuple[str, ResBlock]]:
         """The residual blocks in execution order, named as in ``named_modules`` (``"down.0.0"``).
-
-        Section: chapter 09, "Where sampling time goes" (layer pruning).
         """
         encoder = [(f"down.{lv}.{i}", b) for lv, blocks in enumerate(self.down) for i, b in enumerate(blocks)]
         middle = [(f"mid.{i}", b) for i, b in enumerate(self.mid)]
@@ -345,8 +333,6 @@ class TinyUNet(nn.Module):
 
         Returns:
             :class:`Features` ``(h, skips, emb)``.
-
-        Section: chapter 09, "Where sampling time goes".
         """
         cfg = self.cfg
         if x.dim() != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -376,8 +362,6 @@ class TinyUNet(nn.Module):
 
         Returns:
             eps, (B, C_in, H, W).
-
-        Section: chapter 09, "Where sampling time goes".
         """
         emb = feats.emb if emb is None else emb
         skips = list(feats.skips)  # popped below; the caller's list stays whole for reuse

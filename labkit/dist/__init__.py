@@ -4,8 +4,8 @@
 process group and returns what each rank's function returned. Worker functions must live
 in an importable module (see :mod:`labkit.dist._demo_workers` for examples).
 
-Used in chapters 11 (Collectives and the network), 13 (Decentralised, federated and
-Byzantine-robust learning) and 15 (Secure multi-party inference).
+It implements no paper of the list: :mod:`~labkit.dist.launcher` is the process launcher that
+chapter 11 (collectives, overlap, faults) and chapter 14 (the MPC parties over gloo) run on.
 """
 
 from labkit.dist.launcher import LaunchError, LaunchTimeout, launch

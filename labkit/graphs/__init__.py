@@ -1,14 +1,21 @@
-"""Chapter 01 (and later graph chapters): message passing as sparse linear algebra, and the
-recommender models built on it.
+"""Message passing as sparse linear algebra, and the recommenders built on it (chapter 01).
 
-Modules: :mod:`~labkit.graphs.edges` (edge lists, normalisation, gather-scatter),
-:mod:`~labkit.graphs.sparse` (CSR SpMM and segment reductions, reference and Triton),
-:mod:`~labkit.graphs.propagation` (GCN/LightGCN propagation, over-smoothing),
-:mod:`~labkit.graphs.interactions` (user-item data), :mod:`~labkit.graphs.metrics`
-(Recall@K, NDCG@K), :mod:`~labkit.graphs.bpr` (BPR loss and batches),
-:mod:`~labkit.graphs.train` (early-stopped training), :mod:`~labkit.graphs.lightgcn`,
-:mod:`~labkit.graphs.ultragcn`, :mod:`~labkit.graphs.graphhash`,
-:mod:`~labkit.graphs.random_graphs` (matrices for timing).
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- UltraGCN (``ultragcn``), chapter 01 section 02 "UltraGCN": :mod:`~labkit.graphs.ultragcn`
+  (the constraint losses and training), against the LightGCN baseline of
+  :mod:`~labkit.graphs.lightgcn`;
+- GraphHash (``graphhash``), chapter 01 section 03 "GraphHash": :mod:`~labkit.graphs.graphhash`
+  (modularity buckets as ID hashing).
+
+The machinery of section 01, "Message passing is a sparse matrix product" (GCN and LightGCN
+propagation, no paper of its own in the list): :mod:`~labkit.graphs.edges` (edge lists,
+normalisation, gather-scatter), :mod:`~labkit.graphs.sparse` (CSR SpMM and segment reductions,
+reference and Triton), :mod:`~labkit.graphs.propagation` (propagation, over-smoothing) and
+:mod:`~labkit.graphs.random_graphs` (matrices for timing). Shared by sections 02 and 03:
+:mod:`~labkit.graphs.interactions` (user-item data), :mod:`~labkit.graphs.metrics` (Recall@K,
+NDCG@K), :mod:`~labkit.graphs.bpr` (BPR loss and batches), :mod:`~labkit.graphs.train`
+(early-stopped training).
 """
 
 from .bpr import bpr_batches, bpr_loss

@@ -2,8 +2,8 @@
 recommenders: for an observed pair (u, i) and an unobserved item j, push ``score(u, i)`` above
 ``score(u, j)`` with ``-log sigmoid(s_ui - s_uj)`` (Rendle et al., arXiv:1205.2618, eq. 4).
 
-Shapes: B pairs in a batch, U users, I items. Taught in chapter 01, sections "UltraGCN" and
-"GraphHash".
+Shapes: B pairs in a batch, U users, I items.
+Section: chapter 01, "UltraGCN" and "GraphHash".
 """
 
 from __future__ import annotations

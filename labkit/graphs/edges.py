@@ -8,8 +8,8 @@ message passing as sparse linear algebra. GCN and LightGCN use the symmetric nor
 ``D^{-1/2} A D^{-1/2}`` (Kipf & Welling, arXiv:1609.02907, eq. 2; LightGCN, arXiv:2002.02126,
 eq. 7), which keeps repeated propagation from blowing up or vanishing with node degree.
 
-Shapes: N nodes, M directed edges, F features. Taught in chapter 01, section "Message passing is
-a sparse matrix product".
+Shapes: N nodes, M directed edges, F features.
+Section: chapter 01, "Message passing is a sparse matrix product".
 """
 
 from __future__ import annotations

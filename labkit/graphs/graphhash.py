@@ -30,7 +30,7 @@ specific to bipartite graphs (we use the ordinary modularity), the storage of th
 suffices at book sizes).
 
 Shapes: U users, I items, N IDs on one side, B buckets (rows), E training pairs, D embedding dim.
-Taught in chapter 01, section "GraphHash".
+Section: chapter 01, "GraphHash".
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ communities, a per-user train/validation/test split, negative sampling, and a lo
 MovieLens-100k file that never downloads anything.
 
 Shapes: U users, I items, E interactions stored as ``(2, E)`` int64 pairs ``[user; item]``.
-Taught in chapter 01, sections "UltraGCN" and "GraphHash".
+Section: chapter 01, "UltraGCN" and "GraphHash".
 """
 
 from __future__ import annotations

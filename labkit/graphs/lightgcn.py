@@ -21,7 +21,7 @@ The miniature leaves out the paper's per-dataset tuning; like the reference impl
 propagates over the whole graph at every step rather than over sampled subgraphs.
 
 Shapes: U users, I items, N = U + I nodes, d embedding size, B pairs in a batch.
-Taught in chapter 01, section "UltraGCN" (``chapters/01_message_passing/02_ultragcn``).
+Section: chapter 01, "UltraGCN" (the baseline it is measured against).
 """
 
 from __future__ import annotations

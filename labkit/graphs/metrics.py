@@ -11,7 +11,7 @@ K, and compare with the held-out set:
 both averaged over users (the protocol of NGCF, LightGCN and UltraGCN). Users are processed in
 batches (a loop over batches, never over users) so that U x I scores never need to fit at once.
 
-Taught in chapter 01, sections "UltraGCN" and "GraphHash".
+Section: chapter 01, "UltraGCN" and "GraphHash".
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Repeating the normalised product K times pulls every node's vector towards the d
 eigenvector of ``Â``: with enough layers all nodes of a connected graph point the same way
 (*over-smoothing*), which :func:`cosine_similarity_by_group` measures.
 
-Shapes: N nodes, F features, K layers. Taught in chapter 01, section "Message passing is a
-sparse matrix product".
+Shapes: N nodes, F features, K layers.
+Section: chapter 01, "Message passing is a sparse matrix product".
 """
 
 from __future__ import annotations

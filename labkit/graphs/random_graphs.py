@@ -1,7 +1,9 @@
 """Random sparse matrices for timing SpMM: uniform rows, and power-law rows with a few huge ones.
 
-Shapes: N nodes (rows and columns), M nonzeros. Taught in chapter 01, section "Message passing is
-a sparse matrix product" (the GPU timing), and used by ``benchmarks/graphs_spmm.py``.
+Also the inputs of ``benchmarks/graphs_spmm.py``.
+
+Shapes: N nodes (rows and columns), M nonzeros.
+Section: chapter 01, "Message passing is a sparse matrix product" (the GPU timing).
 """
 
 from __future__ import annotations

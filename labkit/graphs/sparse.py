@@ -42,7 +42,7 @@ What the miniature leaves out: merge-path partitions (Merrill & Garland, SC 2016
 balance the fixed cost of many tiny rows by giving each program a fixed share of rows *plus*
 nonzeros; caching x rows in shared memory; autotuning; backward passes.
 
-Taught in chapter 01, section "Message passing is a sparse matrix product".
+Section: chapter 01, "Message passing is a sparse matrix product".
 """
 
 from __future__ import annotations
@@ -171,8 +171,6 @@ def segment_sum_reference(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (N, F) tensor of ``src``'s dtype, accumulated in float32; empty segments give 0.
-
-    Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
     _check_segments(src, ptr, op="segment_sum")
     n_segments = ptr.numel() - 1
@@ -188,7 +186,6 @@ def segment_mean_reference(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor
     """Average each run of rows ``src[ptr[i]:ptr[i + 1]]``; empty segments give 0.
 
     Same arguments and shapes as :func:`segment_sum_reference`.
-    Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
     _check_segments(src, ptr, op="segment_mean")
     sums = segment_sum_reference(src, ptr).to(_acc_dtype(src.dtype))  # (N, F)
@@ -209,8 +206,6 @@ def spmm_reference(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: a malformed CSR structure (offsets not from 0 to M or decreasing, a column
             outside ``[0, N_src)``), besides mismatched shapes or devices.
-
-    Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
     _check_spmm(adj, x)
     _check_csr(adj.crow_indices(), adj.col_indices(), adj.shape[1], op="spmm")
@@ -271,8 +266,6 @@ def row_chunks(ptr: torch.Tensor, *, chunk_nnz: int = 256, col: torch.Tensor | N
 
     Raises:
         ValueError: a malformed ``ptr`` or ``col``, or ``chunk_nnz`` < 1.
-
-    Taught in chapter 01, section "Message passing is a sparse matrix product".
     """
     if col is not None and n_cols is None:
         raise ValueError("row_chunks: pass n_cols with col (the column count the indices must stay below)")

@@ -9,7 +9,7 @@ reports test metrics of the best weights. The history's clock counts training ti
 can share one time axis. :func:`time_epoch` times a few steps and extrapolates to a full epoch,
 for graphs where a whole epoch would not fit the time budget.
 
-Taught in chapter 01, section "UltraGCN" (``chapters/01_message_passing/02_ultragcn``).
+Section: chapter 01, "UltraGCN" and "GraphHash".
 """
 
 from __future__ import annotations

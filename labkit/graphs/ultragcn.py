@@ -18,7 +18,7 @@ The miniature leaves out the paper's separate weights for the positive and negat
 
 Shapes: U users, I items, E training pairs, B pairs in a batch, n negatives per pair, K item
 neighbours, d embedding size.
-Taught in chapter 01, section "UltraGCN" (``chapters/01_message_passing/02_ultragcn``).
+Section: chapter 01, "UltraGCN".
 """
 
 from __future__ import annotations

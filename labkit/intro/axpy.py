@@ -6,7 +6,8 @@ kernel reads ``x`` and ``y`` once and writes ``out`` once (3 passes), so on a GP
 is bound by memory bandwidth, it should approach 5/3 of eager's speed. The reference below is
 what the Triton kernel in ``_kernels.py`` must reproduce, element for element.
 
-Shapes: any shape; ``x`` and ``y`` must match. Taught in chapter 00, "How this book runs".
+Shapes: any shape; ``x`` and ``y`` must match.
+Section: chapter 00, "How this book runs".
 """
 
 from __future__ import annotations

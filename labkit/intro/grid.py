@@ -1,6 +1,6 @@
 """How a 1-D Triton launch covers ``n`` elements: the grid, and the lanes the last block masks.
 
-Taught in chapter 00, "How this book runs" (the BLOCK_SIZE slider).
+Section: chapter 00, "How this book runs" (the BLOCK_SIZE slider).
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """The tiny GPT lab animal: model, training and routing traces.
 
-Section: chapter 05 (built there), reused by chapters 06, 07, 10 and 14.
+Built in chapter 05 section 01, "Top-k routing from scratch", where its feed-forward layer
+becomes a mixture of experts, and reused by chapters 10 (compression) and 14 (secure
+inference). It implements no paper of the list itself:
+
+- :mod:`~labkit.lm.gpt`: the byte-level GPT with a pluggable feed-forward layer;
+- :mod:`~labkit.lm.train`: training, evaluation, cached weights and routing traces;
+- :mod:`~labkit.lm.recipes`: the standard dense model of each tier that later chapters share.
 """
 
 from .gpt import GPT, GPTConfig, GPTOutput

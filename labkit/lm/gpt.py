@@ -16,7 +16,7 @@ What the miniature leaves out: dropout, weight decay groups, flash attention, KV
 (chapter 07 adds one), anything beyond greedy or temperature sampling.
 
 Shapes: B batch, T tokens, D = d_model, H heads, V vocabulary.
-Section: chapter 05, "Top-k routing from scratch" (the lab animal); reused in 06, 07, 10.
+Section: chapter 05, "Top-k routing from scratch" (the lab animal, reused by chapters 10 and 14).
 """
 
 from __future__ import annotations

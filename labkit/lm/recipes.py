@@ -6,7 +6,7 @@ names it, so every section of those chapters loads the same cached weights throu
 :func:`labkit.lm.pretrained_gpt` instead of inventing a recipe. The sizes are chapter 05
 section 1's dense model, so a reader who built that chapter already has the weights.
 
-Section: chapter 05, "Top-k routing" (built there), reused by chapters 10 and 14.
+Section: chapter 05, "Top-k routing from scratch" (built there, reused by chapters 10 and 14).
 """
 
 from __future__ import annotations

@@ -1,6 +1,27 @@
-"""Mixture-of-experts routing (chapter 05): gating, capacity, routers, the MoE layer, grouped GEMM.
+"""Routing tokens, queries and experts (chapter 05): gating, routers, the MoE layer, expert
+placement and caching, and routers over whole models.
 
-Section: chapter 05, "Routing tokens, queries and experts" (all sections).
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- RMoE (``rmoe``), section 02 "RMoE: routers with memory": :mod:`~labkit.moe.routers`
+  (the recurrent router) and :mod:`~labkit.moe.diagnostics` (entropies, inter-layer
+  mutual information);
+- ExFlow (``exflow``), section 03 "ExFlow: experts that follow each other":
+  :mod:`~labkit.moe.affinity` (inter-layer affinity, affinity-aware placement);
+- Read-ME (``read_me``), section 04 "Read-ME: routing before the backbone":
+  :mod:`~labkit.moe.routers` (the pre-gating router) and :mod:`~labkit.moe.prefetch`
+  (expert cache, lookahead prefetching);
+- Post-MoE (``post_moe``), section 05 "Post-MoE: where routing turns language-specific":
+  :mod:`~labkit.moe.languages` (multi-language corpus, routing by language);
+- Composition of Experts on SambaNova SN40L (``sambanova_coe``), MoGU (``mogu``) and the
+  routing survey (``routing_survey``), section 06 "Routing whole models":
+  :mod:`~labkit.moe.model_routing` (n-gram experts, serving cost) and
+  :mod:`~labkit.moe.query_routing` (expert, cost-aware and MoGU routers).
+
+Section 01, "Top-k routing from scratch" (Shazeer et al. and the Switch Transformer, no paper of
+its own in the list): :mod:`~labkit.moe.gating` (top-k gating, capacity, load balancing,
+permutation), :mod:`~labkit.moe.layer` (the MoE feed-forward layer) and
+:mod:`~labkit.moe.grouped_gemm` (one launch for every expert's GEMM).
 """
 
 from .affinity import (affinity_counts, affinity_placement, conditional_affinity, device_loads, expert_paths,

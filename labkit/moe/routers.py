@@ -24,7 +24,7 @@ What the miniature leaves out: RMoE's GRU runs on the same token across layers e
 here; we do not reproduce its variants (other recurrent cells, detached states).
 
 Shapes: N tokens, D model width, E experts, R routing-state width.
-Section: chapter 05, "RMoE: routers with memory".
+Section: chapter 05, "RMoE: routers with memory" and "Read-ME: routing before the backbone".
 """
 
 from __future__ import annotations

@@ -1,6 +1,24 @@
-"""Quantization and compression: quantizers, calibration, fake quantization and sizes.
+"""Quantization and compression (chapter 10): quantizers and calibration, diffusion PTQ, 4-bit
+GEMMs with a low-rank branch, and size control of the tiny GPT.
 
-Section: chapter 10, "Quantization and compression".
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- PTQ4DM (``ptq4dm``) and QuEST (``quest``), section 02 "Quantizing a diffusion model":
+  :mod:`~labkit.quant.ptq4dm` (timestep-aware calibration) and :mod:`~labkit.quant.quest`
+  (sensitivity and selective finetuning);
+- SVDQuant (``svdquant``), section 03 "SVDQuant: 4-bit weights and activations with a low-rank
+  branch": :mod:`~labkit.quant.svdquant` (low-rank branch + 4-bit residual),
+  :mod:`~labkit.quant.smoothing` (outliers moved into the weights),
+  :mod:`~labkit.quant.gemm` (W8A8 and W4A4 GEMMs, reference and Triton) and
+  :mod:`~labkit.quant.packing` (two int4 per byte);
+- BitStack (``bitstack``) and FoldGPT (``foldgpt``), section 04 "BitStack and FoldGPT":
+  :mod:`~labkit.quant.bitstack` (residual sign stacks) and :mod:`~labkit.quant.foldgpt`
+  (gate-ranked removal, folded shared blocks).
+
+Section 01, "Quantization from first principles" (no paper of the list of its own):
+:mod:`~labkit.quant.quantizers` (symmetric and affine, per tensor, channel and group),
+:mod:`~labkit.quant.observers` (calibration ranges), :mod:`~labkit.quant.fakequant` (fake
+quantization of Linear/Conv2d) and :mod:`~labkit.quant.size` (bytes as stored).
 """
 
 from .bitstack import (BitStack, MatrixStack, ResidualBlock, bitstack_compress, decompose_matrix, input_rms,

@@ -103,8 +103,6 @@ def sampling_pool(model: nn.Module, schedule: NoiseSchedule, *, n: int, steps: i
 
     Shapes:
         x_T: (B, C, H, W); labels: (B,).
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     check_int("n", n, 1)
     _, traj = sample(model, schedule, n=n, steps=steps, x_T=x_T, labels=labels, generator=generator,
@@ -135,8 +133,6 @@ def calibration_steps(strategy: str, *, size: int, steps: int, n_train: int, mea
 
     Returns:
         (N,) int64 step indices in [0, S) (0 = the noisiest step).
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -194,8 +190,6 @@ def calibration_set(pool: SamplingPool, strategy: str, *, size: int, mean: float
 
     Returns:
         :class:`CalibrationSet`.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     check_int("size", size, 1)
     if size > pool.n:
@@ -208,10 +202,7 @@ def calibration_set(pool: SamplingPool, strategy: str, *, size: int, mean: float
 
 
 def calibrate(qmodel: nn.Module, calib: CalibrationSet, *, batch_size: int = 256) -> nn.Module:
-    """Run ``calib`` through ``qmodel`` inside :func:`labkit.quant.calibrating`; returns it, quantized.
-
-    Section: chapter 10, "Quantizing a diffusion model".
-    """
+    """Run ``calib`` through ``qmodel`` inside :func:`labkit.quant.calibrating`; returns it, quantized."""
     if len(calib) == 0:
         raise ValueError("the calibration set is empty")
     device = next(qmodel.parameters()).device
@@ -237,8 +228,6 @@ def ptq_model(model: nn.Module, calib: CalibrationSet, *, w_bits: int, a_bits: i
             first and last convolution, which low-bit diffusion PTQ usually keeps at 8 bits.
         keep_bits: their bits, 2..8.
         batch_size: calibration batch.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     check_int("w_bits", w_bits, 2, 8)
     check_int("a_bits", a_bits, 2, 8)
@@ -295,8 +284,6 @@ def timestep_ranges(model: nn.Module, pool: SamplingPool) -> RangeTrace:
 
     Returns:
         :class:`RangeTrace`.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not layers:
@@ -356,8 +343,6 @@ def sample_fidelity(images: torch.Tensor, float_images: torch.Tensor, *, labels:
         labels: (B,) the classes the samples were conditioned on.
         classifier: a :class:`labkit.diffusion.DigitClassifier`.
         reference: real images for the Frechet distance, (B_r, 1, 8, 8).
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must be (B,) = ({images.shape[0]},), got {tuple(labels.shape)}")

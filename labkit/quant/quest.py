@@ -62,10 +62,7 @@ def _wrappers(qmodel: nn.Module) -> dict:
 
 
 def time_embedding_layers(qmodel: nn.Module) -> list[str]:
-    """Names of the quantized layers on the step-embedding path: ``time_mlp.*`` and ``*.emb_proj``.
-
-    Section: chapter 10, "Quantizing a diffusion model".
-    """
+    """Names of the quantized layers on the step-embedding path: ``time_mlp.*`` and ``*.emb_proj``."""
     return [name for name in _wrappers(qmodel)
             if name.startswith("time_mlp.") or name.rsplit(".", 1)[-1] == "emb_proj"]
 
@@ -107,8 +104,6 @@ def layer_sensitivity(qmodel: nn.Module, calib: CalibrationSet, *, batch_size: i
 
     Returns:
         :class:`Sensitivity`, sorted by decreasing error.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     layers = _wrappers(qmodel)
     if len(calib) == 0:
@@ -150,10 +145,7 @@ class PredictionError:
 @torch.no_grad()
 def prediction_error(model: nn.Module, teacher: nn.Module, data: CalibrationSet, *,
                      batch_size: int = 256) -> PredictionError:
-    """How far ``model``'s predicted noise is from ``teacher``'s on ``data`` (e.g. held-out trajectories).
-
-    Section: chapter 10, "Quantizing a diffusion model".
-    """
+    """How far ``model``'s predicted noise is from ``teacher``'s on ``data`` (e.g. held-out trajectories)."""
     if len(data) == 0:
         raise ValueError("the data set is empty")
     ref = _outputs(teacher.eval(), data, batch_size).double()  # (N, C, H, W)
@@ -165,10 +157,7 @@ def prediction_error(model: nn.Module, teacher: nn.Module, data: CalibrationSet,
 
 
 def select_layers(qmodel: nn.Module, sensitivity: Sensitivity, *, top_k: int) -> list[str]:
-    """QuEST's two critical kinds: the time-embedding layers, plus the ``top_k`` most sensitive others.
-
-    Section: chapter 10, "Quantizing a diffusion model".
-    """
+    """QuEST's two critical kinds: the time-embedding layers, plus the ``top_k`` most sensitive others."""
     check_int("top_k", top_k, 0)
     time_layers = time_embedding_layers(qmodel)
     return time_layers + sensitivity.top(top_k, exclude=time_layers)
@@ -188,8 +177,6 @@ def random_layers(qmodel: nn.Module, k: int | None = None, *, n_params: int | No
 
     Returns:
         Names in model order.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     if (k is None) == (n_params is None):
         raise ValueError("pass exactly one of k (a layer count) and n_params (a parameter budget)")
@@ -248,8 +235,6 @@ def selective_finetune(qmodel: nn.Module, teacher: nn.Module, calib: Calibration
 
     Returns:
         :class:`FinetuneResult`.
-
-    Section: chapter 10, "Quantizing a diffusion model".
     """
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)

@@ -44,8 +44,6 @@ def channels_last(x: torch.Tensor, *, conv: bool) -> torch.Tensor:
     """``x`` with its channel dimension moved last: (B, C, H, W) -> (B, H, W, C) for a convolution.
 
     Linear inputs (..., C) already have it last and are returned unchanged.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if conv:
         if x.dim() != 4:
@@ -63,8 +61,6 @@ def channel_absmax(x: torch.Tensor, *, conv: bool = False) -> torch.Tensor:
 
     Returns:
         (C,) float32.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if not x.is_floating_point():
         raise TypeError(f"channel_absmax needs a float tensor, got {x.dtype}")
@@ -77,8 +73,6 @@ def weight_absmax(weight: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (C,) float32: the maximum over output channels (and kernel positions).
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if weight.dim() not in (2, 4):
         raise ValueError(f"weight must be (O, C) or (O, C, kh, kw), got shape {tuple(weight.shape)}")
@@ -97,8 +91,6 @@ def smoothing_factors(x_absmax: torch.Tensor, weight: torch.Tensor, *, alpha: fl
     Returns:
         (C,) positive factors; divide the input by them and multiply the weight's input channels.
         A channel that never fired (range 0) gets factor 1.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -121,8 +113,6 @@ def scale_input_channels(weight: torch.Tensor, factors: torch.Tensor) -> torch.T
 
     Returns:
         The scaled weight, same shape; with the input divided by ``factors`` the layer is unchanged.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if weight.dim() not in (2, 4) or factors.shape != (weight.shape[1],):
         raise ValueError(f"factors must be (C,) = ({weight.shape[1] if weight.dim() > 1 else '?'},) for a weight of "
@@ -145,8 +135,6 @@ def capture_inputs(model: nn.Module, run: Callable[[nn.Module], object], *,
     Returns:
         ``{name: inputs}``, the calls of each layer concatenated along the batch dimension,
         detached, on the CPU.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     layers = {name: m for name, m in model.named_modules()
               if isinstance(m, (nn.Linear, nn.Conv2d)) and (include is None or include(name, m))}

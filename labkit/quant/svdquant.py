@@ -77,8 +77,6 @@ class SVDQuantConfig:
         alpha: migration strength of the smoothing factors, or None: try every value of
             :data:`ALPHA_GRID` and keep the one with the least output error on the calibration
             inputs (per layer).
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
 
     w_bits: int = 4
@@ -118,8 +116,6 @@ def variant_config(variant: str, *, rank: int = 16, group_size: int = 64, bits: 
 
     ``naive``: plain W4A4; ``smoothing``: SmoothQuant's migration, then W4A4; ``low-rank``: a
     rank-``r`` branch of the unsmoothed weight, residual in W4A4; ``svdquant``: both.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -142,8 +138,6 @@ def low_rank_split(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch
     Returns:
         ``(up, down, residual)``: ``up = L2^T`` (O, r), ``down = L1^T`` (r, C) or
         (r, C, kh, kw), ``residual`` like ``weight``; float32 (the factors hold fp16 values).
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if weight.dim() not in (2, 4):
         raise ValueError(f"weight must be (O, C) or (O, C, kh, kw), got shape {tuple(weight.shape)}")
@@ -157,10 +151,7 @@ def low_rank_split(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch
 
 
 def fake_quantize_input(x: torch.Tensor, spec: QSpec | None, *, conv: bool) -> torch.Tensor:
-    """Round an input per group of G channels of each token (or pixel), scales computed on the fly.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
-    """
+    """Round an input per group of G channels of each token (or pixel), scales computed on the fly."""
     if spec is None:
         return x
     out = fake_quantize(channels_last(x, conv=conv), spec)  # (..., C): groups along channels
@@ -180,8 +171,6 @@ class SVDQuantLayer(nn.Module):
         up, down: ``L2^T`` (O, r) and ``L1^T`` (r, C) or (r, C, kh, kw).
         residual: ``Q(R)`` dequantized, the weight's shape.
         residual_q: the :class:`QTensor` of R (channels last for a convolution).
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
 
     def __init__(self, module: nn.Module, factors: torch.Tensor, config: SVDQuantConfig) -> None:
@@ -261,10 +250,7 @@ class SVDQuantLayer(nn.Module):
 
 @torch.no_grad()
 def output_error(reference: nn.Module, layer: nn.Module, x: torch.Tensor) -> float:
-    """Relative output error ``||layer(x) - reference(x)||_F / ||reference(x)||_F`` on inputs ``x``.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
-    """
+    """Relative output error ``||layer(x) - reference(x)||_F / ||reference(x)||_F`` on inputs ``x``."""
     y_ref = reference(x)
     y = layer(x)
     if y.shape != y_ref.shape:
@@ -288,8 +274,6 @@ def svdquant_layer(module: nn.Module, inputs: torch.Tensor | None, *, config: SV
 
     Returns:
         :class:`SVDQuantLayer` computing the product of ``module`` up to quantization error.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise TypeError(f"svdquant_layer quantizes nn.Linear or nn.Conv2d, got {type(module).__name__}")
@@ -321,10 +305,7 @@ def svdquant_layer(module: nn.Module, inputs: torch.Tensor | None, *, config: SV
 
 
 def replace_layers(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
-    """A copy of ``model`` with the submodules named in ``layers`` replaced (e.g. by :class:`SVDQuantLayer` s).
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
-    """
+    """A copy of ``model`` with the submodules named in ``layers`` replaced (e.g. by :class:`SVDQuantLayer` s)."""
     if not layers:
         raise ValueError("layers names no submodule to replace")
     qmodel = copy.deepcopy(model).eval()
@@ -349,8 +330,6 @@ def svdquant_model(model: nn.Module, inputs: dict[str, torch.Tensor], *, config:
 
     Returns:
         The quantized copy, in eval mode.
-
-    Section: chapter 10, "SVDQuant: 4-bit weights and activations with a low-rank branch".
     """
     if not inputs:
         raise ValueError("inputs names no layer to quantize")

@@ -81,9 +81,9 @@ def test_blobs_cluster_around_their_class_means() -> None:
     ("args", "kwargs", "error", "match"),
     [
         ((2,), {"n_classes": 3, "dim": 2}, ValueError, r"n must be at least n_classes \(3\)"),
-        ((0,), {"n_classes": 1, "dim": 2}, ValueError, "n must be an int >= 1"),
-        ((10,), {"n_classes": 2, "dim": 0}, ValueError, "dim must be an int >= 1"),
-        ((10,), {"n_classes": 2.0, "dim": 2}, ValueError, "n_classes must be an int >= 1"),
+        ((0,), {"n_classes": 1, "dim": 2}, ValueError, "n must be >= 1"),
+        ((10,), {"n_classes": 2, "dim": 0}, ValueError, "dim must be >= 1"),
+        ((10,), {"n_classes": 2.0, "dim": 2}, TypeError, "n_classes must be an int, got float"),
         ((10,), {"n_classes": 2, "dim": 2, "spread": -1.0}, ValueError, "spread must be a finite float >= 0"),
         ((10,), {"n_classes": 2, "dim": 2, "seed": "a"}, TypeError, "seed must be an int"),
     ],
@@ -155,8 +155,8 @@ def test_unranking_is_exact_for_large_ranks() -> None:
     [
         ([], {"p_in": 0.5, "p_out": 0.1}, ValueError, "sizes must be a non-empty sequence"),
         ("abc", {"p_in": 0.5, "p_out": 0.1}, ValueError, "sizes must be a non-empty sequence"),
-        ([3, 0], {"p_in": 0.5, "p_out": 0.1}, ValueError, r"sizes\[1\] must be an int >= 1"),
-        ([3, 2.5], {"p_in": 0.5, "p_out": 0.1}, ValueError, r"sizes\[1\] must be an int >= 1"),
+        ([3, 0], {"p_in": 0.5, "p_out": 0.1}, ValueError, r"sizes\[1\] must be >= 1"),
+        ([3, 2.5], {"p_in": 0.5, "p_out": 0.1}, TypeError, r"sizes\[1\] must be an int, got float"),
         ([3], {"p_in": 1.5, "p_out": 0.1}, ValueError, r"p_in must be a probability in \[0, 1\]"),
         ([3], {"p_in": 0.5, "p_out": -0.1}, ValueError, r"p_out must be a probability in \[0, 1\]"),
         ([3], {"p_in": 0.5, "p_out": 0.1, "seed": 1.5}, TypeError, "seed must be an int"),
