@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -100,6 +102,7 @@ class ControlAddon(nn.Module):
 
 
 Event = tuple[str, str, float, float]  # (lane, what, start s, end s)
+_Out = TypeVar("_Out")
 
 
 def controlled_noise(model: TinyUNet, addon: ControlAddon, x: torch.Tensor, t: torch.Tensor,
@@ -122,7 +125,7 @@ def controlled_noise(model: TinyUNet, addon: ControlAddon, x: torch.Tensor, t: t
     Returns:
         eps, (B, C, H, W).
     """
-    def timed(lane: str, what: str, fn, *args):  # noqa: ANN001, ANN202
+    def timed(lane: str, what: str, fn: Callable[..., _Out], *args: object) -> _Out:
         start = time.perf_counter()
         out = fn(*args)
         if events is not None:
