@@ -32,6 +32,8 @@ VENV = ROOT / ".venv"
 VPY = VENV / "bin" / "python"
 STAMP = VENV / ".labbook-installed"
 ASSETS = VENV / "labbook-assets"
+OLDEST = ROOT / ".venv-oldest"  # the oldest supported Triton over .venv's packages
+OLDEST_PY = OLDEST / "bin" / "python"
 RECORDS = ROOT / "_build" / "records"
 JCACHE = ROOT / "_build" / ".jupyter_cache"
 
@@ -69,6 +71,47 @@ def ensure_venv() -> None:
     run([VPY, "-m", "pip", "install", "-q", "-r", ROOT / "requirements.txt"])
     run([VPY, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT])
     STAMP.write_text(fingerprint)
+
+
+def tested_versions() -> dict[str, str]:
+    """The versions the test suite runs besides requirements.txt's pins: [tool.labkit.tested]."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["labkit"]["tested"]
+
+
+def ensure_oldest_triton() -> None:
+    """Create .venv-oldest, the oldest supported Triton on top of .venv, when missing or outdated.
+
+    It holds two packages, ``triton`` at ``oldest-triton`` of pyproject.toml's [tool.labkit.tested]
+    and ``numpy`` at ``oldest-numpy`` (what that Triton's interpreter works with); a .pth file then
+    appends .venv's site-packages after its own, so torch, pytest and the rest come from .venv while
+    ``import triton`` finds the older release. tests/test_triton_versions.py runs the kernel tests
+    with its python. Rebuilt from scratch when those versions, this Python or .venv's
+    site-packages change.
+    """
+    tested = tested_versions()
+    version = tested["oldest-triton"]
+    packages = [f"triton=={version}", f"numpy=={tested['oldest-numpy']}"]
+    pinned_site = subprocess.run([str(VPY), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+    fingerprint = hashlib.sha256("\n".join([*packages, sys.version, pinned_site]).encode()).hexdigest()
+    stamp = OLDEST / ".labbook-installed"
+    if OLDEST_PY.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        return
+    log(f"creating {OLDEST.relative_to(ROOT)} ({', '.join(packages)} over {VENV.relative_to(ROOT)})")
+    venv.EnvBuilder(with_pip=True, clear=True).create(OLDEST)
+    # before the .pth file: with .venv on its path, pip would take .venv's copies as installed
+    run([OLDEST_PY, "-m", "pip", "install", "-q", "--no-deps", *packages])
+    own_site = subprocess.run([str(OLDEST_PY), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    # addsitedir, not a bare path: .venv's own .pth files (the editable labkit) are read too
+    (Path(own_site) / "labbook-pinned-venv.pth").write_text(f"import site; site.addsitedir({pinned_site!r})\n")
+    found = subprocess.run([str(OLDEST_PY), "-c", "import triton, torch; print(triton.__version__)"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    if found != version:
+        sys.exit(f"[lab] {OLDEST.relative_to(ROOT)} imports triton {found}, expected {version}")
+    stamp.write_text(fingerprint)
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium: the browser the browser tests drive
@@ -228,6 +271,7 @@ def check_pages() -> int:
 
 def cmd_test(args: list[str]) -> int:
     ensure_chromium()
+    ensure_oldest_triton()
     ensure_browser_assets()
     env = book_env("ci")
     env["LABBOOK_ASSETS"] = str(ASSETS)
