@@ -97,13 +97,16 @@ def check_collectives_sizes(rank: int, world_size: int, *, numels: Sequence[int]
     return [check_collectives(rank, world_size, numel=n, seed=seed, keep_outputs=False) for n in numels]
 
 
-def wrong_shape_on_rank(rank: int, world_size: int, *, bad_rank: int, numel: int) -> list[float]:
+def wrong_shape_on_rank(rank: int, world_size: int, *, bad_rank: int, numel: int,
+                        check_shapes: bool = True) -> list[float]:
     """Every rank ring-all-reduces ``numel`` ones, except ``bad_rank``, which passes ``numel + 1``.
+
+    With ``check_shapes=False`` the mismatch is left for gloo to find, mid-collective.
 
     Taught in chapter 11, section "Collectives from send/recv".
     """
     x = torch.ones(numel + (rank == bad_rank))
-    return ring_all_reduce(x).tolist()
+    return ring_all_reduce(x, check_shapes=check_shapes).tolist()
 
 
 def time_collectives(rank: int, world_size: int, *, sizes_bytes: Sequence[int], repeats: int,

@@ -27,6 +27,16 @@ Every way a launch can go wrong ends the same way, with no child left behind:
 
 In each case the survivors are terminated (then killed) and every child is joined.
 
+One failure usually brings others: when a rank dies, its peers in a collective lose their
+connection and raise "Connection reset by peer" or "Connection closed by peer". So after the
+first failure the parent waits briefly (``_SETTLE_S``) for the other ranks to report or exit,
+then blames the root cause: failures that are not a lost connection come first, earlier ones
+before later ones; the others are listed after it. Each child's stderr goes to a file, because
+gloo reports some errors only there: a collective whose ranks disagree on the message size
+(say, shapes not checked) makes the receiving rank abort with "Received data size doesn't
+match expected size" printed to stderr. The end of a dead rank's stderr is quoted in the
+error, and every child's stderr is copied to the parent's once the launch is over.
+
 What the miniature leaves out: several hosts, elastic restarts, and retrying when the
 free port found here is taken by someone else before rank 0 binds it.
 
@@ -42,11 +52,16 @@ import multiprocessing
 import os
 import pickle
 import queue as queue_module
+import re
+import shutil
 import socket
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -59,6 +74,11 @@ T = TypeVar("T")
 _BACKENDS = ("gloo", "nccl")
 _POLL_S = 0.05  # how often the parent looks for dead children while waiting
 _GRACE_S = 2.0  # how long a terminated child gets before it is killed
+_SETTLE_S = 2.0  # after a first failure, how long the other ranks get to report or exit
+_STDERR_TAIL = 4000  # characters of a dead rank's stderr quoted in the error
+# what a rank says when it lost a peer (gloo, TCP): the consequence of a failure elsewhere
+_LOST_PEER = re.compile(r"connection (reset|closed) by peer|peer closed|broken pipe|connection refused",
+                        re.IGNORECASE)
 
 
 class LaunchError(RuntimeError):
@@ -67,12 +87,15 @@ class LaunchError(RuntimeError):
     Attributes:
         rank: the rank at fault, or ``None`` when the error is not one rank's.
         child_traceback: the child's formatted traceback, ``""`` when there is none.
+        child_stderr: the end of that rank's stderr, ``""`` when it wrote nothing or is not known.
     """
 
-    def __init__(self, message: str, *, rank: int | None = None, child_traceback: str = "") -> None:
+    def __init__(self, message: str, *, rank: int | None = None, child_traceback: str = "",
+                 child_stderr: str = "") -> None:
         super().__init__(message)
         self.rank = rank
         self.child_traceback = child_traceback
+        self.child_stderr = child_stderr
 
 
 class LaunchTimeout(LaunchError, TimeoutError):
@@ -125,7 +148,9 @@ def launch(
         ValueError: ``fn`` is not importable by name, or an argument is out of range,
             or ``backend="nccl"`` without a CUDA device per rank.
         LaunchError: a rank raised (message and ``child_traceback`` carry its
-            traceback) or died without reporting.
+            traceback) or died without reporting (message and ``child_stderr`` quote the
+            end of its stderr); when several failed, the first that is not a lost
+            connection to a peer.
         LaunchTimeout: the launch outlived ``timeout``; ``ranks`` lists the laggards.
 
     Used in chapter 11 (Collectives and the network) and the chapters after it.
@@ -136,23 +161,28 @@ def launch(
     inbox = ctx.Queue()
     port = _free_port()
     procs: list[Any] = []
+    stderr_dir = tempfile.mkdtemp(prefix="labkit-launch-")
+    stderr_paths = [os.path.join(stderr_dir, f"rank{rank}.stderr") for rank in range(world_size)]
     try:
         with _child_environment(threads_per_rank):
             for rank in range(world_size):
                 proc = ctx.Process(
                     target=_run_rank,
-                    args=(payload, rank, world_size, backend, port, timeout, threads_per_rank, inbox),
+                    args=(payload, rank, world_size, backend, port, timeout, threads_per_rank, inbox,
+                          stderr_paths[rank]),
                     name=f"labkit-rank-{rank}",
                 )
                 proc.start()
                 procs.append(proc)
-        results = _collect(procs, inbox, deadline, timeout)
+        results = _collect(procs, inbox, deadline, timeout, stderr_paths)
         _join_all(procs, deadline, timeout)
         return [results[rank] for rank in range(world_size)]
     finally:
         _reap(procs)
         inbox.close()
         inbox.cancel_join_thread()
+        _echo_stderr(stderr_paths)
+        shutil.rmtree(stderr_dir, ignore_errors=True)
 
 
 def _check_arguments(
@@ -253,12 +283,16 @@ def _run_rank(
     timeout: float,
     threads_per_rank: int,
     outbox: Any,
+    stderr_path: str,
 ) -> None:
     """Child entry point: join the group, run ``fn``, report ``("ok"|"error", rank, data)``.
 
-    The report goes out before ``destroy_process_group`` so that the parent hears of an
-    error even if tearing down the group blocks on peers stuck in a collective.
+    ``data`` is the pickled result, or ``(traceback, time.time())`` for an error. The report
+    goes out before ``destroy_process_group`` so that the parent hears of an error even if
+    tearing down the group blocks on peers stuck in a collective. Everything written to
+    stderr from here on (by Python or by C++ code such as gloo) goes to ``stderr_path``.
     """
+    _redirect_stderr(stderr_path)
     dist = torch.distributed
     os.environ["OMP_NUM_THREADS"] = str(threads_per_rank)
     torch.set_num_threads(threads_per_rank)
@@ -278,7 +312,7 @@ def _run_rank(
         # with the parent through this process, which is about to exit
         outbox.put(("ok", rank, pickle.dumps(_to_cpu(result))))
     except BaseException:  # noqa: BLE001 - every failure, SystemExit included, is reported
-        outbox.put(("error", rank, traceback.format_exc()))
+        outbox.put(("error", rank, (traceback.format_exc(), time.time())))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -295,35 +329,154 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def _collect(procs: list[Any], inbox: Any, deadline: float, timeout: float) -> dict[int, Any]:
-    """Gather every rank's result; raise as soon as one rank fails or time runs out."""
-    results: dict[int, Any] = {}
-    pending = set(range(len(procs)))
-    while pending:
+def _redirect_stderr(path: str) -> None:
+    """Point this process's file descriptor 2 (and so ``sys.stderr``) at a new file ``path``."""
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _stderr_tail(path: str) -> str:
+    """The last ``_STDERR_TAIL`` characters of a child's stderr file, from a line start; ``""`` if none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _STDERR_TAIL))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    if len(text) >= _STDERR_TAIL and "\n" in text:
+        text = text[text.index("\n") + 1:]  # drop the partial first line
+    return text.strip()
+
+
+def _echo_stderr(paths: list[str]) -> None:
+    """Copy what the children wrote to stderr to the parent's stderr (file descriptor 2), rank by rank."""
+    sys.stderr.flush()
+    for path in paths:
         try:
-            message = inbox.get(timeout=max(0.0, min(_POLL_S, deadline - time.monotonic())))
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 16):
+                    os.write(2, chunk)
+        except OSError:  # never started, or nowhere to write: nothing to copy
+            pass
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One rank's failure: it raised (``text`` is its traceback) or died (``text`` is the end of its stderr).
+
+    Attributes:
+        rank: the rank.
+        at: when it happened, in ``time.time()`` seconds: sent by a rank that raised; for one that
+            died, when its stderr was last written (else when its death was noticed).
+        raised: it raised and reported, rather than dying without a word.
+        text: its traceback, or the end of its stderr (possibly ``""``).
+        exitcode: the exit code of a rank that died.
+    """
+
+    rank: int
+    at: float
+    raised: bool
+    text: str
+    exitcode: int | None = None
+
+    @property
+    def last_line(self) -> str:
+        """The exception line of a traceback, or the last line of a stderr."""
+        lines = [line.strip() for line in self.text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    @property
+    def lost_peer(self) -> bool:
+        """It only lost its connection to a peer: most likely the consequence of a failure elsewhere."""
+        return bool(_LOST_PEER.search(self.last_line))
+
+    def describe(self) -> str:
+        """The error message when this failure is the one blamed."""
+        if self.raised:
+            return f"launch: rank {self.rank} raised an exception:\n{self.text}"
+        if self.text:
+            return (f"launch: rank {self.rank} died without reporting (exit code {self.exitcode}); "
+                    f"the end of its stderr:\n{self.text}")
+        return (f"launch: rank {self.rank} died without reporting (exit code {self.exitcode}; "
+                "it wrote nothing to stderr)")
+
+    def headline(self) -> str:
+        """One line about this failure, for the list of the others."""
+        what = "raised" if self.raised else f"died (exit code {self.exitcode})"
+        line = self.last_line
+        return f"rank {self.rank} {what}: {line[:300] + ('...' if len(line) > 300 else '')}"
+
+
+def _died(rank: int, exitcode: int | None, stderr_path: str) -> _Failure:
+    """The failure of a rank that exited without reporting, dated by its last stderr write."""
+    text = _stderr_tail(stderr_path)
+    at = time.time()
+    if text:
+        try:
+            at = min(at, os.stat(stderr_path).st_mtime)
+        except OSError:
+            pass
+    return _Failure(rank=rank, at=at, raised=False, text=text, exitcode=exitcode)
+
+
+def _launch_error(failures: dict[int, _Failure], stderr_paths: list[str] | None = None) -> LaunchError:
+    """The error for a set of failures: the root cause (not a lost peer, then the earliest) and the rest."""
+    ordered = sorted(failures.values(), key=lambda f: (f.lost_peer, f.at, f.rank))
+    cause, others = ordered[0], ordered[1:]
+    message = cause.describe()
+    if others:
+        listed = "\n".join(f"  {f.headline()}" for f in others)
+        message += f"\n\nOther ranks failed too, most likely as a consequence:\n{listed}"
+    stderr = cause.text if not cause.raised else (_stderr_tail(stderr_paths[cause.rank]) if stderr_paths else "")
+    return LaunchError(message, rank=cause.rank, child_traceback=cause.text if cause.raised else "",
+                       child_stderr=stderr)
+
+
+def _collect(procs: list[Any], inbox: Any, deadline: float, timeout: float, stderr_paths: list[str]) -> dict[int, Any]:
+    """Gather every rank's result; raise soon after a rank fails, or when time runs out.
+
+    After the first failure the other ranks get ``_SETTLE_S`` seconds (within the deadline) to
+    report or exit, so that the error can blame the root cause rather than whichever failure
+    happened to arrive first.
+    """
+    results: dict[int, Any] = {}
+    pending = set(range(len(procs)))  # ranks with no result yet
+    failures: dict[int, _Failure] = {}
+    settle_until = math.inf
+    while pending - failures.keys():
+        now = time.monotonic()
+        if now >= settle_until:
+            break
+        try:
+            message = inbox.get(timeout=max(0.0, min(_POLL_S, deadline - now, settle_until - now)))
         except queue_module.Empty:
             message = None
         if message is not None:
-            _accept(message, results, pending)
-            continue
-        if time.monotonic() >= deadline:
+            _accept(message, results, pending, failures)
+        elif time.monotonic() >= deadline:
+            if failures:
+                break
             ranks = sorted(pending)
             raise LaunchTimeout(
                 f"launch: rank(s) {ranks} of {len(procs)} had not finished after timeout={timeout} s",
                 ranks=ranks,
             )
-        dead = [rank for rank in pending if procs[rank].exitcode is not None]
-        if dead:
-            # a child that exited has flushed its report, if any, into the pipe: drain it
-            for message in _drain(inbox):
-                _accept(message, results, pending)
-            for rank in sorted(set(dead) & pending):
-                raise LaunchError(
-                    f"launch: rank {rank} died without reporting (exit code {procs[rank].exitcode}; "
-                    "its stderr may say why)",
-                    rank=rank,
-                )
+        else:
+            dead = [rank for rank in sorted(pending - failures.keys()) if procs[rank].exitcode is not None]
+            if dead:
+                # a child that exited has flushed its report, if any, into the pipe: drain it
+                for message in _drain(inbox):
+                    _accept(message, results, pending, failures)
+                for rank in dead:
+                    if rank in pending and rank not in failures:
+                        failures[rank] = _died(rank, procs[rank].exitcode, stderr_paths[rank])
+        if failures and settle_until == math.inf:
+            settle_until = time.monotonic() + _SETTLE_S
+    if failures:
+        raise _launch_error(failures, stderr_paths)
     return results
 
 
@@ -336,11 +489,14 @@ def _drain(inbox: Any) -> Iterator[Any]:
             return
 
 
-def _accept(message: tuple[str, int, Any], results: dict[int, Any], pending: set[int]) -> None:
-    """Record one child's report; raise :class:`LaunchError` if it reports a failure."""
+def _accept(message: tuple[str, int, Any], results: dict[int, Any], pending: set[int],
+            failures: dict[int, _Failure]) -> None:
+    """Record one child's report: a result, or a failure in ``failures``."""
     status, rank, data = message
     if status == "error":
-        raise LaunchError(f"launch: rank {rank} raised an exception:\n{data}", rank=rank, child_traceback=data)
+        text, at = data
+        failures.setdefault(rank, _Failure(rank=rank, at=at, raised=True, text=text))
+        return
     try:
         results[rank] = pickle.loads(data)
     except Exception as exc:  # whatever unpickling a foreign object raises

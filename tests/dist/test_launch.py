@@ -20,6 +20,7 @@ import torch
 
 import labkit
 from labkit.dist import LaunchError, LaunchTimeout, launch
+from labkit.comm._workers import wrong_shape_on_rank
 from labkit.dist import _demo_workers as workers
 
 launch_module = importlib.import_module("labkit.dist.launcher")
@@ -195,3 +196,42 @@ def test_launch_inside_a_papermill_kernel(tmp_path: Path, monkeypatch: pytest.Mo
 
     cells = nbformat.read(executed, as_version=4).cells
     assert all(not any(out.get("output_type") == "error" for out in cell.get("outputs", [])) for cell in cells)
+
+
+@pytest.mark.timeout(90)
+def test_a_collective_mismatch_surfaces_the_rank_that_detected_it() -> None:
+    # rank 1 sends one element too many; rank 0, receiving it, aborts with gloo's message on its stderr,
+    # and rank 1 then raises "Connection reset by peer": the error must be rank 0's, in gloo's words
+    with pytest.raises(LaunchError) as info:
+        launch(wrong_shape_on_rank, 2, kwargs=dict(bad_rank=1, numel=5, check_shapes=False), timeout=30.0)
+
+    err = info.value
+    headline = str(err).split("Other ranks failed too")[0]
+    assert err.rank == 0 and "rank 0 died without reporting" in headline
+    assert "Received data size doesn't match expected size" in headline
+    assert "Received data size doesn't match expected size" in err.child_stderr
+    assert "Connection reset by peer" not in headline and err.child_traceback == ""
+
+
+def _failure(rank: int, at: float, text: str, *, raised: bool = True) -> object:
+    return launch_module._Failure(rank=rank, at=at, raised=raised, text=text, exitcode=None if raised else -6)
+
+
+RESET = "Traceback ...\nRuntimeError: [pair.cc:537] Read error [127.0.0.1]:53988: Connection reset by peer."
+CLOSED = "Traceback ...\nRuntimeError: Connection closed by peer [127.0.0.1]:41577"
+MISMATCH = "what():  [enforce fail at pair.cc:456] 12 vs 8. Received data size doesn't match expected size."
+
+
+@pytest.mark.parametrize("failures, blamed", [
+    ([_failure(0, 1.0, RESET), _failure(1, 1.2, MISMATCH, raised=False)], 1),  # a lost peer is a consequence
+    ([_failure(1, 1.0, CLOSED), _failure(0, 2.0, "Traceback ...\nValueError: bad input")], 0),
+    ([_failure(2, 3.0, "Traceback ...\nValueError: late"), _failure(1, 2.0, "Traceback ...\nKeyError: 'x'")], 1),
+    ([_failure(1, 5.0, RESET), _failure(0, 4.0, CLOSED)], 0),  # only lost peers: the earliest
+    ([_failure(1, 5.0, "", raised=False), _failure(0, 4.0, RESET)], 1),  # a silent death is a cause
+])
+def test_the_first_real_failure_is_blamed(failures: list, blamed: int) -> None:
+    err = launch_module._launch_error({f.rank: f for f in failures})
+    assert err.rank == blamed and str(err).startswith(f"launch: rank {blamed} ")
+    for other in failures:
+        if other.rank != blamed:
+            assert f"rank {other.rank} " in str(err).split("Other ranks failed too")[1]
