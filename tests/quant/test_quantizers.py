@@ -107,7 +107,8 @@ def test_bad_arguments():
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.mark.parametrize("spec", [QSpec(8), QSpec(4, granularity="channel"), QSpec(4, granularity="group", group_size=2)])
+@pytest.mark.parametrize("spec", [QSpec(8), QSpec(4, granularity="channel"),
+                                  QSpec(4, granularity="group", group_size=2)])
 def test_a_non_finite_value_is_an_error_not_a_nan_slice(spec):
     x = torch.tensor([[0.5, NAN, -1.0, 2.0], [1.0, 1.5, INF, -INF]])
     with pytest.raises(ValueError, match=r"^fake_quantize: x has 3 non-finite values of 8 \(1 NaN, 2 infinite\)"):
@@ -167,7 +168,8 @@ def test_an_empty_tensor_fake_quantizes_to_an_empty_tensor(shape, spec):
 def test_an_empty_slice_has_no_range(shape, spec):
     x = torch.empty(shape)
     for call in (quantize_tensor, reduce_range):
-        with pytest.raises(ValueError, match=rf"{call.__name__}: x is empty \(shape {re.escape(str(shape))}\).*no range"):
+        msg = rf"{call.__name__}: x is empty \(shape {re.escape(str(shape))}\).*no range"
+        with pytest.raises(ValueError, match=msg):
             call(x, spec)
 
 
