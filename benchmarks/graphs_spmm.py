@@ -1,7 +1,7 @@
 """Benchmark: Triton CSR SpMM (labkit.graphs) against cuSPARSE and scatter-based message passing.
 
 For a uniform random graph and a power-law graph (default 1M nodes, 16M edges, F = 64 and 256,
-float32) it times, with ``triton.testing.do_bench`` (median after warm-up):
+float32) it times:
 
 - ``torch.sparse.mm(adj, x)`` on the CSR matrix (cuSPARSE), the anchor;
 - gather + ``index_add_``: ``zeros(N, F).index_add_(0, row, val[:, None] * x[col])``;
@@ -20,28 +20,48 @@ stride ``P`` near 0.62 N_src coprime with it (distinct, scattered columns), sort
 uniform in [0, 1). Both graphs therefore gather x rows at scattered addresses and differ only
 in how the nonzeros are spread over rows.
 
+Before timing, ours is checked against the labkit reference (``spmm_reference``: gather the
+messages, segment-sum each row; computed 64 features at a time to bound its memory): the largest
+error over the largest output must stay below 1e-4 (float32 sums of up to 10^6 terms in another
+order; a dropped or doubled nonzero is far above that). Each ``--sweep`` configuration is checked
+the same way before it is timed. Timer: :func:`labkit.runtime.cuda_median_seconds`.
+
 Bandwidth: the fraction of the device-to-device copy bandwidth measured in the same run, under
 a gather model: bytes = M * (index + value + 4F gathered x) + N * 4F (out) + (N + 1) * 8 (ptr).
 
     python benchmarks/graphs_spmm.py [--nodes 1000000 --edges 16000000 --features 64 256] [--sweep]
+                                     [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import sys
 
 import torch
 
-from labkit.runtime import cuda_median_seconds as bench
+from _common import Report, add_options, check_relative, copy_bandwidth, device, run
 
+FULL = {"nodes": 1_000_000, "edges": 16_000_000, "features": [64, 256]}
+QUICK = {"nodes": 200_000, "edges": 3_200_000, "features": [64]}
+INTERPRET = {"nodes": 48, "edges": 400, "features": [8]}
+ERROR_BOUND = 1e-4  # largest |ours - reference| / largest |reference|, float32
 
 
 def ms(seconds: float) -> str:
-    """Milliseconds with two decimals, or n/a for a column that could not run."""
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1e3:.2f}"
+    """Milliseconds with three decimals, or n/a for a column that could not run."""
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1e3:.3f}"
+
+
+def validate(adj: torch.Tensor, x: torch.Tensor, out: torch.Tensor, *, what: str = "spmm_triton") -> float:
+    """Ours against ``spmm_reference`` (64 feature columns at a time); returns the relative error."""
+    from labkit.graphs.sparse import spmm_reference
+
+    ref = torch.empty_like(out)
+    for j in range(0, x.shape[1], 64):
+        ref[:, j:j + 64] = spmm_reference(adj, x[:, j:j + 64].contiguous())
+    return check_relative(what, out, ref, bound=ERROR_BOUND)
 
 
 def uniform_lengths(n: int, m: int, g: torch.Generator) -> torch.Tensor:
@@ -52,6 +72,8 @@ def uniform_lengths(n: int, m: int, g: torch.Generator) -> torch.Tensor:
 
 def power_law_lengths(n: int, m: int, n_src: int, s: float, g: torch.Generator) -> torch.Tensor:
     """Row lengths following Zipf's rank law with exponent s, capped at n_src, ranks shuffled."""
+    if n * n_src < m:
+        raise ValueError(f"{m} edges do not fit in {n} rows of at most {n_src} nonzeros")
     dev = g.device
     weight = torch.arange(1, n + 1, device=dev, dtype=torch.float64) ** -s  # (N,) by rank
     lengths = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -66,7 +88,6 @@ def power_law_lengths(n: int, m: int, n_src: int, s: float, g: torch.Generator) 
     left = m - int(lengths.sum())
     free_rows = torch.nonzero(lengths < n_src).flatten()
     lengths[free_rows[:left]] += 1  # the last few edges, one each to the highest free ranks
-    assert int(lengths.sum()) == m, "n_src * n must be >= m"
     return lengths[torch.randperm(n, generator=g, device=dev)]
 
 
@@ -89,22 +110,10 @@ def csr_from_lengths(lengths: torch.Tensor, n_src: int, g: torch.Generator) -> t
     return adj, row
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1_000_000)
-    parser.add_argument("--edges", type=int, default=16_000_000)
-    parser.add_argument("--features", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--zipf", type=float, default=1.0, help="rank exponent s of the power-law graph")
-    parser.add_argument("--sweep", action="store_true", help="also time a few other kernel configurations")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("graphs_spmm.py needs a CUDA device (the Triton kernel's CPU path is the interpreter, "
-              "which is far too slow to time).", file=sys.stderr)
-        return 1
-    import triton
-
+def body(args: argparse.Namespace, report: Report) -> int:
     from labkit.graphs._kernels import spmm_triton
     from labkit.graphs.sparse import row_chunks
+    from labkit.runtime import cuda_median_seconds as bench
 
     try:
         from torch_geometric.utils import scatter as pyg_scatter
@@ -112,13 +121,8 @@ def main() -> int:
         pyg_scatter = None
         print(f"torch_geometric.utils.scatter unavailable ({type(exc).__name__}: {exc}); skipping it")
 
-    dev = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}; triton {triton.__version__}; "
-          f"{datetime.date.today()}")
-    buf = torch.empty(2**28, device=dev)  # 1 GiB
-    dst = torch.empty_like(buf)
-    copy_bw = 2 * buf.numel() * 4 / bench(lambda: dst.copy_(buf))  # bytes read + written per second
-    del buf, dst
+    dev = device()
+    copy_bw = copy_bandwidth()
     print(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
 
     n, m = args.nodes, args.edges
@@ -132,18 +136,17 @@ def main() -> int:
         top = torch.sort(lengths, descending=True).values
         print(f"\n{kind}: N={n:,} M={m:,}; largest row {int(top[0]):,} nonzeros, top 100 rows hold "
               f"{float(top[:100].sum()) / m:.0%}, empty rows {int((lengths == 0).sum()):,}")
-        t_plan = bench(lambda: row_chunks(ptr))
         plan = row_chunks(ptr)
-        print(f"work list: {plan.split_rows.numel():,} split rows, {plan.extra_row.numel():,} extra programs; "
-              f"built in {t_plan * 1e3:.3f} ms")
         for f in args.features:
             x = torch.randn(n, f, device=dev)
-            ref = torch.sparse.mm(adj, x)
-            ours_out = spmm_triton(adj, x, plan=plan)
-            err = float((ours_out - ref).abs().max() / ref.abs().max())
-            del ours_out
+            err = validate(adj, x, spmm_triton(adj, x, plan=plan))
+            err_cold = validate(adj, x, spmm_triton(adj, x), what="spmm_triton, work list built per call")
+            torch.cuda.empty_cache()
+            if f == args.features[0]:
+                t_plan = bench(lambda: row_chunks(ptr))
+                print(f"work list: {plan.split_rows.numel():,} split rows, {plan.extra_row.numel():,} extra "
+                      f"programs; built in {t_plan * 1e3:.3f} ms")
             t_cusparse = bench(lambda: torch.sparse.mm(adj, x))
-            del ref
             t_ours = bench(lambda: spmm_triton(adj, x, plan=plan))
             t_ours_cold = bench(lambda: spmm_triton(adj, x))  # work list rebuilt on every call
 
@@ -162,32 +165,35 @@ def main() -> int:
                     pass
             torch.cuda.empty_cache()
             moved = m * (col.element_size() + val.element_size() + 4 * f) + n * 4 * f + (n + 1) * 8
-            rows.append(dict(graph=kind, f=f, cusparse=t_cusparse, index_add=t_index_add, pyg=t_pyg,
-                             ours=t_ours, ours_cold=t_ours_cold, plan=t_plan, err=err,
-                             frac=moved / t_ours / copy_bw))
-            r = rows[-1]
-            print(f"  F={f}: cuSPARSE {t_cusparse * 1e3:.3f} ms, gather+index_add_ {ms(t_index_add)} ms, "
-                  f"PyG scatter {ms(t_pyg)} ms, ours {t_ours * 1e3:.3f} ms "
-                  f"({t_ours_cold * 1e3:.3f} ms with the work list rebuilt); "
-                  f"{t_cusparse / t_ours:.2f}x cuSPARSE, {t_index_add / t_ours:.1f}x index_add_; "
-                  f"{r['frac']:.0%} of copy bandwidth; max rel. error {err:.1e}")
+            r = dict(graph=kind, features=f, cusparse_ms=t_cusparse * 1e3, index_add_ms=t_index_add * 1e3,
+                     pyg_ms=t_pyg * 1e3, ours_ms=t_ours * 1e3, ours_cold_ms=t_ours_cold * 1e3,
+                     vs_cusparse=t_cusparse / t_ours, vs_index_add=t_index_add / t_ours,
+                     of_copy=moved / t_ours / copy_bw, plan_ms=t_plan * 1e3, rel_err=max(err, err_cold))
+            rows.append(r)
+            print(f"  F={f}: max rel. error {r['rel_err']:.1e}; cuSPARSE {ms(t_cusparse)} ms, gather+index_add_ "
+                  f"{ms(t_index_add)} ms, PyG scatter {ms(t_pyg)} ms, ours {ms(t_ours)} ms "
+                  f"({ms(t_ours_cold)} ms with the work list rebuilt); {r['vs_cusparse']:.2f}x cuSPARSE, "
+                  f"{r['vs_index_add']:.1f}x index_add_; {r['of_copy']:.0%} of copy bandwidth", flush=True)
             if args.sweep:
                 sweep(adj, x, ptr, t_cusparse, row_chunks, spmm_triton)
             del x
 
-    print("\n| graph | F | torch.sparse.mm (ms) | gather + index_add_ (ms) | PyG scatter (ms) | ours (ms) "
-          "| ours vs sparse.mm | ours vs index_add_ | of copy BW | work list (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['graph']} | {r['f']} | {r['cusparse'] * 1e3:.3f} | {ms(r['index_add'])} "
-              f"| {ms(r['pyg'])} | {r['ours'] * 1e3:.3f} | {r['cusparse'] / r['ours']:.2f}x "
-              f"| {r['index_add'] / r['ours']:.1f}x | {r['frac']:.0%} | {r['plan'] * 1e3:.3f} |")
+    lines = ["| graph | F | torch.sparse.mm (ms) | gather + index_add_ (ms) | PyG scatter (ms) | ours (ms) "
+             "| ours vs sparse.mm | ours vs index_add_ | of copy BW | work list (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['graph']} | {r['features']} | {r['cusparse_ms']:.3f} | {ms(r['index_add_ms'] / 1e3)} "
+              f"| {ms(r['pyg_ms'] / 1e3)} | {r['ours_ms']:.3f} | {r['vs_cusparse']:.2f}x "
+              f"| {r['vs_index_add']:.1f}x | {r['of_copy']:.0%} | {r['plan_ms']:.3f} |" for r in rows]
+    report.table(f"CSR SpMM, float32, N={n:,} nodes, M={m:,} nonzeros; copy {copy_bw / 1e9:.0f} GB/s",
+                 "\n".join(lines), rows)
     return 0
 
 
 def sweep(adj: torch.Tensor, x: torch.Tensor, ptr: torch.Tensor, t_anchor: float, row_chunks, spmm_triton) -> None:
-    """Time the kernel at a few configurations around the default (chunk 256, block_k 32); a chunk
-    of 2**40 nonzeros splits no row: the plain one-program-per-row kernel."""
+    """Time the kernel at a few configurations around the default one, each checked first; a
+    chunk of 2**40 nonzeros splits no row: the plain one-program-per-row kernel."""
+    from labkit.runtime import cuda_median_seconds as bench
+
     f = x.shape[1]
     configs = [dict(chunk_nnz=c, block_k=32) for c in (2**40, 64, 1024)]
     configs += [dict(chunk_nnz=256, block_k=k) for k in (16, 64)]
@@ -197,8 +203,25 @@ def sweep(adj: torch.Tensor, x: torch.Tensor, ptr: torch.Tensor, t_anchor: float
     for cfg in configs:
         plan = row_chunks(ptr, chunk_nnz=cfg["chunk_nnz"])
         knobs = {k: v for k, v in cfg.items() if k != "chunk_nnz"}
+        validate(adj, x, spmm_triton(adj, x, plan=plan, **knobs), what=f"spmm_triton {cfg}")
         t = bench(lambda: spmm_triton(adj, x, plan=plan, **knobs))
         print(f"    sweep {cfg}: {t * 1e3:.3f} ms ({t_anchor / t:.2f}x cuSPARSE)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=None, help=f"N (full: {FULL['nodes']:,}, quick: {QUICK['nodes']:,})")
+    p.add_argument("--edges", type=int, default=None, help=f"M (full: {FULL['edges']:,}, quick: {QUICK['edges']:,})")
+    p.add_argument("--features", type=int, nargs="+", default=None,
+                   help=f"F values (full: {FULL['features']}, quick: {QUICK['features']})")
+    p.add_argument("--zipf", type=float, default=1.0, help="rank exponent s of the power-law graph")
+    p.add_argument("--sweep", action="store_true", help="also time a few other kernel configurations")
+    add_options(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("graphs_spmm", parser(), body, full=FULL, quick=QUICK, interpret=INTERPRET, argv=argv)
 
 
 if __name__ == "__main__":
