@@ -50,8 +50,8 @@ import torch
 
 from labkit.validation import check_int
 
-from .sampling import start_state
-from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
+from .sampling import ddim_loop, start_state
+from .schedule import NoiseSchedule, ddim_timesteps
 from .unet import Features, TinyUNet
 
 __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "amdahl_speedup", "check_key_steps", "key_groups",
@@ -193,29 +193,32 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
     device = next(model.parameters()).device
     model.eval()
     x0_noise, y = start_state(model, n, x_T=x_T, labels=labels, generator=generator, device=device)
-    shape = tuple(x0_noise.shape)
-    x = x0_noise
-    for group in groups:
-        t_key = torch.full((n,), ts[group[0]], device=device, dtype=torch.long)
-        feats = model.encode(x, t_key, y)  # the key step: embedding + down path, kept for the group
-        if parallel and len(group) > 1:
-            G = len(group)
-            t_all = torch.tensor([ts[i] for i in group], device=device).repeat_interleave(n)  # (G*B,)
-            emb = model.embed(t_all, None if y is None else y.repeat(G))  # (G*B, E)
-            wide = Features(h=feats.h.repeat(G, 1, 1, 1), skips=[s.repeat(G, 1, 1, 1) for s in feats.skips], emb=emb)
-            eps_all = list(model.decode(wide).split(n))  # G x (B, C, H, W): one decoder call for G steps
-        else:
-            eps_all = []
-        for j, i in enumerate(group):
-            if eps_all:
-                eps = eps_all[j]
-            elif j == 0:
-                eps = model.decode(feats)  # an ordinary step
-            else:  # propagation: old encoder features, this step's embedding
-                eps = model.decode(feats, model.embed(torch.full((n,), ts[i], device=device, dtype=torch.long), y))
-            t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
-            if injection > 0 and t < below:
-                x = x + injection * x0_noise  # prior noise injection
-            noise = torch.randn(shape, generator=generator).to(device) if eta > 0 and t_prev >= 0 else None
-            x = ddim_step(x, eps, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)
-    return x.clamp(-1.0, 1.0)
+    group_of = {i: group for group in groups for i in group}
+    feats: Features | None = None  # the current group's encoder features
+    eps_group: list[torch.Tensor] = []  # with parallel decoding, the group's noise, decoded at once
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        nonlocal feats, eps_group
+        group = group_of[i]
+        j = group.index(i)
+        if j == 0:  # the key step: embedding + down path, kept for the group
+            feats = model.encode(x, t, y)
+            eps_group = []
+            if parallel and len(group) > 1:
+                G = len(group)
+                t_all = torch.tensor([ts[k] for k in group], device=device).repeat_interleave(n)  # (G*B,)
+                emb = model.embed(t_all, None if y is None else y.repeat(G))  # (G*B, E)
+                wide = Features(h=feats.h.repeat(G, 1, 1, 1), skips=[s.repeat(G, 1, 1, 1) for s in feats.skips],
+                                emb=emb)
+                eps_group = list(model.decode(wide).split(n))  # G x (B, C, H, W): one decoder call for G steps
+        if eps_group:
+            return eps_group[j]
+        if j == 0:
+            return model.decode(feats)  # an ordinary step
+        return model.decode(feats, model.embed(t, y))  # propagation: old encoder features, this step's embedding
+
+    def inject(i: int, t: int, x: torch.Tensor) -> torch.Tensor:
+        return x + injection * x0_noise if injection > 0 and t < below else x  # prior noise injection
+
+    return ddim_loop(eps_fn, x0_noise, schedule, steps, before_update=inject, eta=eta, generator=generator,
+                     clip_x0=clip_x0)

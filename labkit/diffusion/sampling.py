@@ -88,6 +88,7 @@ def start_state(model: TinyUNet, n: int, *, x_T: torch.Tensor | None, labels: to
 
 def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
               before_step: Callable[[int], None] | None = None,
+              before_update: Callable[[int, int, torch.Tensor], torch.Tensor] | None = None,
               after_step: Callable[[int, torch.Tensor], None] | None = None,
               eta: float = 0.0, generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
     """The DDIM sampling loop every sampler of the chapter runs: ``S`` noise predictions and updates.
@@ -101,8 +102,9 @@ def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: 
 
     where ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)``
     and ``z ~ N(0, I)``. The samplers differ only in ``eps_fn`` (the whole UNet, a UNet with
-    blocks skipped, with an add-on's residuals, on patches of the canvas) and in what they do
-    around a step (patch in a LoRA, switch halo exchange off), so each passes those in.
+    blocks skipped or encoder features reused, with an add-on's residuals, on patches of the
+    canvas) and in what they do around a step (patch in a LoRA, switch halo exchange off, inject
+    prior noise), so each passes those in.
 
     Args:
         eps_fn: the noise predictor, see :data:`EpsFn`.
@@ -110,6 +112,9 @@ def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: 
         schedule: the schedule the model was trained with.
         steps: S, in [1, T].
         before_step: called with ``i`` before step ``i`` predicts its noise.
+        before_update: ``before_update(i, t, x_t) -> x_t'``: the state the update starts from,
+            given the noise already predicted from ``x_t`` (Faster Diffusion's prior noise
+            injection); ``t`` is the step's training step as an int.
         after_step: called with ``i`` and the new state ``x_{t_prev}`` (not clamped) after step ``i``.
         eta: 0 (deterministic DDIM) .. 1 (DDPM's variance); >= 0.
         generator: CPU generator for the noise ``z`` of each step when ``eta > 0`` (drawn on the
@@ -128,6 +133,8 @@ def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: 
         t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
         t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
         eps = eps_fn(x, t_batch, i)  # (B, C, H, W)
+        if before_update is not None:
+            x = before_update(i, t, x)
         noise = torch.randn(shape, generator=generator).to(x.device) if eta > 0 and t_prev >= 0 else None
         x = ddim_step(x, eps, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)  # eq. 12
         if after_step is not None:

@@ -11,12 +11,14 @@ import torch
 
 from labkit.diffusion import TinyUNet, ddim_loop, ddim_step, ddim_timesteps, sample
 from labkit.diffusion.controlnet import ControlAddon, controlled_noise, sample_controlled
+from labkit.diffusion.faster import key_groups, paper_key_steps, sample_propagated
 from labkit.diffusion.lora import lora_branches, merge_loras, random_lora, save_lora, unmerge_loras
 from labkit.diffusion.patch_parallel import (PatchConfig, _PatchOps, _walk, canvas_forward, conditioned_layers,
                                              halo_layers, merge_patches, sample_canvas, sample_patch_parallel,
                                              split_patches)
 from labkit.diffusion.pruning import prunable_blocks, sample_inheriting, skipped
 from labkit.diffusion.serving import serve_bounded_async, serve_with_loras
+from labkit.diffusion.unet import Features
 
 from tests.diffusion._models import SCHEDULE, random_unet
 
@@ -91,10 +93,22 @@ def test_hooks_see_every_step_in_order_and_the_predictor_gets_the_timesteps():
         calls.append(("eps", i, int(t[0])))
         return torch.zeros_like(x)
 
+    def before_update(i, t, x):
+        calls.append(("update", i, t))
+        return x
+
     ddim_loop(eps_fn, noise(), SCHEDULE, 3, before_step=lambda i: calls.append(("before", i)),
-              after_step=lambda i, x: calls.append(("after", i, tuple(x.shape))))
+              before_update=before_update, after_step=lambda i, x: calls.append(("after", i, tuple(x.shape))))
     ts = ddim_timesteps(SCHEDULE.n_steps, 3).tolist()
-    assert calls == [e for i in range(3) for e in (("before", i), ("eps", i, ts[i]), ("after", i, (3, 1, 8, 8)))]
+    assert calls == [e for i in range(3) for e in (("before", i), ("eps", i, ts[i]), ("update", i, ts[i]),
+                                                    ("after", i, (3, 1, 8, 8)))]
+
+
+def test_before_update_changes_the_state_the_update_starts_from():
+    x = torch.full((1, 1, 2, 2), 0.01)
+    zero = lambda x, t, i: torch.zeros_like(x)  # noqa: E731
+    shifted = ddim_loop(zero, x, SCHEDULE, 1, before_update=lambda i, t, x: x + 0.01)
+    assert torch.equal(shifted, ddim_loop(zero, x + 0.01, SCHEDULE, 1))
 
 
 def test_the_result_is_clamped_and_eta_draws_from_the_generator(model):
@@ -211,3 +225,51 @@ def test_inheriting_sampler_checks_its_labels_like_the_other_samplers(model):
         sample_inheriting(model, SCHEDULE, skip=[], n=3, steps=2, x_T=noise(), labels=torch.zeros(2, dtype=torch.long))
     with pytest.raises(TypeError, match="x_T"):
         sample_inheriting(model, SCHEDULE, skip=[], n=3, steps=2, x_T=None)
+
+
+def frozen_propagated_loop(model, schedule, n, steps, *, key_steps, parallel, injection, below, eta, generator,
+                           x_T, clip_x0):
+    """sample_propagated's old loop: groups of steps sharing one key step's encoder features."""
+    ts = ddim_timesteps(schedule.n_steps, steps).tolist()
+    y = labels(n)
+    x0_noise = x_T
+    x = x0_noise
+    shape = tuple(x.shape)
+    for group in key_groups(key_steps, steps):
+        feats = model.encode(x, torch.full((n,), ts[group[0]], dtype=torch.long), y)
+        eps_all = []
+        if parallel and len(group) > 1:
+            G = len(group)
+            t_all = torch.tensor([ts[i] for i in group]).repeat_interleave(n)
+            wide = Features(h=feats.h.repeat(G, 1, 1, 1), skips=[s.repeat(G, 1, 1, 1) for s in feats.skips],
+                            emb=model.embed(t_all, y.repeat(G)))
+            eps_all = list(model.decode(wide).split(n))
+        for j, i in enumerate(group):
+            if eps_all:
+                eps = eps_all[j]
+            elif j == 0:
+                eps = model.decode(feats)
+            else:
+                eps = model.decode(feats, model.embed(torch.full((n,), ts[i], dtype=torch.long), y))
+            t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
+            if injection > 0 and t < below:
+                x = x + injection * x0_noise
+            noise_ = torch.randn(shape, generator=generator) if eta > 0 and t_prev >= 0 else None
+            x = ddim_step(x, eps, t, t_prev, schedule, eta=eta, noise=noise_, clip_x0=clip_x0)
+    return x.clamp(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("parallel, injection, eta, clip_x0", [
+    (False, 0.0, 0.0, False), (True, 0.0, 0.0, False), (False, 0.01, 0.0, False), (True, 0.01, 1.0, True)])
+def test_encoder_propagation_matches_the_old_loop(model, parallel, injection, eta, clip_x0):
+    steps = 10
+    keys = paper_key_steps(steps)
+    x_T = noise(seed=8)
+    new = sample_propagated(model, SCHEDULE, n=3, steps=steps, key_steps=keys, parallel=parallel,
+                            injection=injection, injection_below=60, eta=eta, x_T=x_T, clip_x0=clip_x0,
+                            generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        old = frozen_propagated_loop(model, SCHEDULE, 3, steps, key_steps=keys, parallel=parallel,
+                                     injection=injection, below=60, eta=eta, x_T=x_T, clip_x0=clip_x0,
+                                     generator=torch.Generator().manual_seed(5))
+    assert len(key_groups(keys, steps)) < steps and torch.equal(new, old)
