@@ -46,8 +46,20 @@ def _import_triton_for_the_interpreter() -> None:
 _import_triton_for_the_interpreter()
 
 
+def unmarked_kernel_tests(items: list[pytest.Item]) -> list[str]:
+    """Node ids of the tests that use the ``triton_kernels`` fixture but lack the ``gpu`` marker."""
+    return [item.nodeid for item in items
+            if "triton_kernels" in getattr(item, "fixturenames", ()) and item.get_closest_marker("gpu") is None]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the notebooks before the book build and the browser, which reuse their outputs."""
+    """Refuse kernel tests without the ``gpu`` marker (``tools/gpu_run.py`` selects them with
+    ``-m gpu``); run the notebooks before the book build and the browser, which reuse their outputs."""
+    unmarked = unmarked_kernel_tests(items)
+    if unmarked:
+        raise pytest.UsageError("tests using the triton_kernels fixture must carry @pytest.mark.gpu: "
+                                + ", ".join(unmarked))
+
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("book"):
             return 2

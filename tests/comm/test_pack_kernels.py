@@ -7,6 +7,7 @@ import torch
 
 from labkit.comm.datatypes import StridedLayout, layout_of, pack, pack_reference, unpack, unpack_reference
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.comm._kernels"
 
 

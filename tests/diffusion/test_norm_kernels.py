@@ -16,6 +16,7 @@ from labkit.diffusion import TinyUNet, UNetConfig
 from labkit.diffusion.norm import group_norm_silu_reference
 from labkit.testing import assert_close
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.diffusion._kernels"
 
 

@@ -23,6 +23,7 @@ from labkit.graphs.sparse import (
 from labkit.testing import assert_close
 from tests.graphs.test_sparse import MALFORMED_CSR, malformed_csr
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.graphs._kernels"
 
 

@@ -31,6 +31,7 @@ def test_reference_bad_inputs(x, y, alpha, err, msg) -> None:
         scaled_add_reference(x, y, alpha=alpha)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(1,), (37, 53), (3, 1, 129), (0,)])
 @pytest.mark.parametrize("block_size", [16, 128])
 def test_triton_matches_reference(triton_kernels, device: str, shape: tuple[int, ...], block_size: int) -> None:
@@ -42,6 +43,7 @@ def test_triton_matches_reference(triton_kernels, device: str, shape: tuple[int,
     assert_close(out, scaled_add_reference(x, y, alpha=-0.3), backend="triton")
 
 
+@pytest.mark.gpu
 def test_triton_through_the_dispatcher_on_non_contiguous_input(triton_kernels, device: str) -> None:
     triton_kernels("labkit.intro._kernels")
     x = torch.randn(40, 30, device=device).t()  # a transposed, non-contiguous view
@@ -49,6 +51,7 @@ def test_triton_through_the_dispatcher_on_non_contiguous_input(triton_kernels, d
     assert_close(scaled_add(x, y, alpha=2.0, backend="triton"), 2.0 * x + y, backend="triton")
 
 
+@pytest.mark.gpu
 def test_triton_rejects_bad_block_size(triton_kernels, device: str) -> None:
     kernels = triton_kernels("labkit.intro._kernels")
     x = torch.ones(4, device=device)

@@ -14,6 +14,7 @@ from labkit.moe.gating import permute_tokens, permute_tokens_reference, topk_gat
 from labkit.moe.grouped_gemm import grouped_mm, grouped_mm_reference
 from labkit.testing import assert_close
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.moe._kernels"
 
 

@@ -13,6 +13,7 @@ import torch
 
 from labkit.mpc.ringmm import balanced_bytes, ring_matmul
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.mpc._kernels"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ALL_MINUS_128 = 0x7F7F7F7F7F7F7F80  # every balanced digit is -128: digit products of +2^14

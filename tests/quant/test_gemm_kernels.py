@@ -18,6 +18,7 @@ from labkit.quant.gemm import w4a4_gemm, w4a4_gemm_reference, w8a8_gemm, w8a8_ge
 from labkit.quant.packing import pack_int4
 from labkit.testing import assert_close
 
+pytestmark = pytest.mark.gpu  # kernel parity: selected natively on a GPU host
 KERNELS = "labkit.quant._kernels"
 
 
