@@ -124,13 +124,13 @@ def ddim_loop(eps_fn: EpsFn, x_T: torch.Tensor, schedule: NoiseSchedule, steps: 
     Returns:
         The last state clamped to [-1, 1], (B, C, H, W).
     """
-    ts = ddim_timesteps(schedule.n_steps, steps)  # (S,) descending; raises on a bad `steps`
+    ts = ddim_timesteps(schedule.n_steps, steps).tolist()  # S ints, descending; raises on a bad `steps`
     x = x_T
     shape = tuple(x.shape)
-    for i, t in enumerate(ts.tolist()):
+    for i, t in enumerate(ts):
         if before_step is not None:
             before_step(i)
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
         eps = eps_fn(x, t_batch, i)  # (B, C, H, W)
         if before_update is not None:
