@@ -7,7 +7,7 @@ ring all-reduce against ``dist.all_reduce``; :func:`wrong_shape_on_rank` makes o
 tensor of another shape, so a test can see the error surface. Inputs are drawn from
 ``seed + rank`` so the parent can rebuild every rank's tensor for the simulator.
 
-Taught in chapter 11, section "Collectives from send/recv".
+Section: chapter 11, "Collectives from send/recv".
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ __all__ = ["check_collectives", "check_collectives_sizes", "rank_input", "time_c
 
 
 def rank_input(rank: int, *, numel: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rank ``rank``'s input: ``numel`` standard normals from ``seed * 1000 + rank`` (ints: -9..9).
-
-    Taught in chapter 11, section "Collectives from send/recv".
-    """
+    """Rank ``rank``'s input: ``numel`` standard normals from ``seed * 1000 + rank`` (ints: -9..9)."""
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     if dtype.is_floating_point:
         return torch.randn(numel, generator=gen, dtype=torch.float64).to(dtype)
@@ -49,8 +46,6 @@ def check_collectives(rank: int, world_size: int, *, numel: int, seed: int, dtyp
         for names ``reduce_scatter``, ``all_gather``, ``ring_all_reduce``, ``tree_all_reduce`` and
         ``all_to_all``; the error is the max absolute difference from gloo's result on this rank.
         ``outputs`` is empty unless ``keep_outputs``.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     x = rank_input(rank, numel=numel, seed=seed, dtype=dtype)
     if shape is not None:
@@ -90,10 +85,7 @@ def check_collectives(rank: int, world_size: int, *, numel: int, seed: int, dtyp
 
 
 def check_collectives_sizes(rank: int, world_size: int, *, numels: Sequence[int], seed: int) -> list[dict[str, Any]]:
-    """:func:`check_collectives` (float32, no outputs kept) at each of ``numels``, in one launch.
-
-    Taught in chapter 11, section "Collectives from send/recv".
-    """
+    """:func:`check_collectives` (float32, no outputs kept) at each of ``numels``, in one launch."""
     return [check_collectives(rank, world_size, numel=n, seed=seed, keep_outputs=False) for n in numels]
 
 
@@ -102,8 +94,6 @@ def wrong_shape_on_rank(rank: int, world_size: int, *, bad_rank: int, numel: int
     """Every rank ring-all-reduces ``numel`` ones, except ``bad_rank``, which passes ``numel + 1``.
 
     With ``check_shapes=False`` the mismatch is left for gloo to find, mid-collective.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     x = torch.ones(numel + (rank == bad_rank))
     return ring_all_reduce(x, check_shapes=check_shapes).tolist()
@@ -121,8 +111,6 @@ def time_collectives(rank: int, world_size: int, *, sizes_bytes: Sequence[int], 
     Returns:
         On rank 0, one dict per size: ``nbytes``, ``ring_s`` and ``gloo_s`` (median seconds), and
         ``ring_runs``, ``gloo_runs`` (every repeat, in order); ``None`` on the other ranks.
-
-    Taught in chapter 11, section "Collectives from send/recv".
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
