@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.runtime import clock_reader, device_syncer, interleaved_times, paired_speedup
+from labkit.runtime import clock_reader, device_syncer, interleaved_times
 from labkit.validation import check_int
 
 from .sampling import balanced_labels, sample
