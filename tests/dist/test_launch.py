@@ -199,7 +199,7 @@ def test_launch_inside_a_papermill_kernel(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.timeout(90)
-def test_a_collective_mismatch_surfaces_the_rank_that_detected_it() -> None:
+def test_a_collective_mismatch_surfaces_the_rank_that_detected_it(capfd: pytest.CaptureFixture[str]) -> None:
     # rank 1 sends one element too many; rank 0, receiving it, aborts with gloo's message on its stderr,
     # and rank 1 then raises "Connection reset by peer": the error must be rank 0's, in gloo's words
     with pytest.raises(LaunchError) as info:
@@ -211,6 +211,8 @@ def test_a_collective_mismatch_surfaces_the_rank_that_detected_it() -> None:
     assert "Received data size doesn't match expected size" in headline
     assert "Received data size doesn't match expected size" in err.child_stderr
     assert "Connection reset by peer" not in headline and err.child_traceback == ""
+    # the children's stderr still reaches the parent's, copied once the launch is over
+    assert "Received data size doesn't match expected size" in capfd.readouterr().err
 
 
 def _failure(rank: int, at: float, text: str, *, raised: bool = True) -> object:
