@@ -5,7 +5,7 @@ compiler: a kernel that the interpreter accepts can still be refused by the code
 a GPU's backend (a dot's operand types, a layout, a descriptor). So each kernel of
 :data:`CASES` is compiled here for an H100 (``sm_90``: wgmma, TMA) and an A100 (``sm_80``: mma,
 no TMA), all the way to a cubin: ``ptxas`` ships inside the triton wheel
-(``triton/backends/nvidia/bin/``) and needs no GPU, only the CUDA-free compiler stack.
+(``triton/backends/nvidia/bin/``) and needs neither a GPU nor a CUDA driver.
 
 How. ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
 options=...)``: the signature maps every argument name, in order, to its type (``"*fp32"`` for a
@@ -18,8 +18,8 @@ most general code the JIT could produce.
 
 Each kernel compiles for ``sm_80`` too, including the ring matmul, whose tiles come through
 tensor descriptors: below ``sm_90`` Triton rewrites descriptor loads into pointer loads (and its
-launcher passes the descriptor's base, shape and strides), so the same kernel and launcher run
-on Ampere without TMA. The test asserts both halves: two TMA descriptors on ``sm_90``, none on
+launcher passes the descriptor's base, shape and strides), so the same kernel and launcher serve
+Ampere without TMA (compiled here, not run). The test asserts both halves: two TMA descriptors on ``sm_90``, none on
 ``sm_80``. Every kernel with a 16-bit or int8 ``tl.dot`` must reach the tensor cores (an ``mma``
 instruction in the PTX) on both targets, and an IEEE float32 one must not (TF32 would).
 
