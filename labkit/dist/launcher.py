@@ -404,8 +404,12 @@ class _Failure:
                 "it wrote nothing to stderr)")
 
     def headline(self) -> str:
-        """One line about this failure, for the list of the others."""
+        """One line about this failure, for the list of the others (a lost peer is not quoted, so
+        that the message holds only the blamed rank's words for one)."""
         what = "raised" if self.raised else f"died (exit code {self.exitcode})"
+        if self.lost_peer:
+            kind = self.last_line.split(":", 1)[0] if self.raised else "its stderr says so"
+            return f"rank {self.rank} {what}: it lost its connection to a peer ({kind})"
         line = self.last_line
         return f"rank {self.rank} {what}: {line[:300] + ('...' if len(line) > 300 else '')}"
 
