@@ -9,9 +9,12 @@ Which one runs is decided, first match wins, by
 1. the ``backend=`` argument of the call,
 2. the innermost :func:`use_backend` context manager,
 3. the ``LABKIT_BACKEND`` environment variable,
-4. ``"auto"``: Triton when a CUDA device and Triton are both there, else the reference; a call
-   whose tensor arguments include a CPU tensor runs the reference under ``auto`` even on a GPU
-   host (a small CPU model beside a GPU, the MPC parties' shares).
+4. ``"auto"``: Triton when Triton and a CUDA device that Triton supports (compute capability
+   :data:`MIN_CUDA_CAPABILITY` or newer) are both there, else the reference; a call whose tensor
+   arguments include a CPU tensor runs the reference under ``auto`` even on a GPU host (a small
+   CPU model beside a GPU, the MPC parties' shares). An older card (a T4, sm_75) runs the
+   references: Triton supports compute capability 8.0 and newer, and the integer ``tl.dot`` of
+   the W8A8/W4A4 and ring kernels does not compile below it.
 
 Asking for an unknown backend raises ``ValueError``; asking for ``"triton"`` where it cannot
 run raises :class:`BackendUnavailable`. On a CPU-only machine ``backend="triton"`` runs the
@@ -36,6 +39,7 @@ import torch
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
+    "MIN_CUDA_CAPABILITY",
     "Op",
     "resolve_backend",
     "triton_available",
@@ -45,6 +49,9 @@ __all__ = [
 
 #: Names a caller may ask for. ``auto`` resolves to one of the other two.
 BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
+
+#: Oldest CUDA compute capability the Triton path runs on (Triton's own supported range).
+MIN_CUDA_CAPABILITY: tuple[int, int] = (8, 0)
 
 _ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("labkit_backend", default=None)
 
@@ -66,11 +73,17 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _supported_cuda() -> bool:
+    """A CUDA device is present and its compute capability is at least :data:`MIN_CUDA_CAPABILITY`."""
+    return torch.cuda.is_available() and tuple(torch.cuda.get_device_capability()) >= MIN_CUDA_CAPABILITY
+
+
 def triton_available() -> bool:
-    """Whether the Triton path can run here: Triton importable and (CUDA or the interpreter)."""
+    """Whether the Triton path can run here: Triton importable and (a supported CUDA device or
+    the interpreter)."""
     if importlib.util.find_spec("triton") is None:
         return False
-    return triton_interpreting() or torch.cuda.is_available()
+    return triton_interpreting() or _supported_cuda()
 
 
 @contextlib.contextmanager
@@ -105,15 +118,24 @@ def resolve_backend(backend: str | None = None) -> str:
     else:
         name, source = "auto", "default"
     if name == "auto":
-        cuda_triton = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+        cuda_triton = importlib.util.find_spec("triton") is not None and _supported_cuda()
         return "triton" if cuda_triton else "reference"
     if name == "triton" and not triton_available():
         raise BackendUnavailable(
             f"backend 'triton' was requested ({source}) but cannot run here: it needs the "
-            "'triton' package and either a CUDA device or TRITON_INTERPRET=1 (set before the "
-            "kernels are imported) to run the kernels on CPU in Triton's interpreter."
+            "'triton' package and either a CUDA device of compute capability "
+            f"{MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]} or newer{_device_note()} or "
+            "TRITON_INTERPRET=1 (set before the kernels are imported) to run the kernels on CPU "
+            "in Triton's interpreter."
         )
     return name  # type: ignore[return-value]
+
+
+def _device_note() -> str:
+    if not torch.cuda.is_available():
+        return ""
+    major, minor = torch.cuda.get_device_capability()
+    return f" (this {torch.cuda.get_device_name()} is {major}.{minor})"
 
 
 @dataclass(frozen=True)

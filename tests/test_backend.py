@@ -108,6 +108,7 @@ def test_auto_keeps_cpu_tensors_on_the_reference_on_a_gpu_host(monkeypatch: pyte
     op = Op("toy_tensor", reference=lambda x: seen.append("reference") or x,
             triton="tests._toy_kernels:toy_triton")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     sys.modules.pop("tests._toy_kernels", None)
     op(torch.zeros(2))  # auto, CPU tensor: the reference
@@ -117,3 +118,17 @@ def test_auto_keeps_cpu_tensors_on_the_reference_on_a_gpu_host(monkeypatch: pyte
     with use_backend("reference"):
         op(torch.zeros(2))
     assert seen == ["reference", "reference"]
+
+
+def test_auto_runs_the_reference_on_a_gpu_older_than_triton_supports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 (sm_75): ``auto`` keeps the references, and asking for Triton says why it cannot."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("LABKIT_BACKEND", raising=False)
+    assert resolve_backend() == "reference"
+    with pytest.raises(BackendUnavailable, match=r"8\.0 or newer \(this Tesla T4 is 7\.5\)"):
+        resolve_backend("triton")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert resolve_backend() == "triton"
