@@ -8,6 +8,7 @@ The core used by every chapter is re-exported at the top level:
 - :mod:`labkit.runtime`: seeding and timing,
 - :mod:`labkit.claims`: asserted, recorded claims,
 - :mod:`labkit.plotting`: the book's figure style,
+- :mod:`labkit.listing`: ``show(obj)``, library source rendered on the page,
 - :mod:`labkit.cache`: where computed artefacts are kept,
 - :mod:`labkit.artifacts`: trained lab animals, trained once and reused.
 
@@ -22,6 +23,7 @@ edge list, ``adj`` adjacency, ``n_experts``, ``top_k``, ``capacity_factor``, ``w
 from .backend import BackendUnavailable, Op, resolve_backend, triton_available, use_backend
 from .cache import cache_dir, cache_key
 from .claims import ClaimFailed, ClaimLog
+from .listing import show
 from .plotting import styled
 from .runtime import Timing, progress_disabled, seed_everything, time_fn
 from .tiers import TIERS, TierConfig, tier_config
@@ -41,6 +43,7 @@ __all__ = [
     "progress_disabled",
     "resolve_backend",
     "seed_everything",
+    "show",
     "styled",
     "tier_config",
     "time_fn",

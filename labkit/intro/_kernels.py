@@ -18,14 +18,21 @@ __all__ = ["scaled_add_triton"]
 
 
 @triton.jit
-def _scaled_add_kernel(x_ptr, y_ptr, out_ptr, alpha, n_elements, BLOCK_SIZE: tl.constexpr):
-    # Each program handles one contiguous block of BLOCK_SIZE elements.
+def _scaled_add_kernel(x_ptr, y_ptr, out_ptr, alpha, n_elements,
+                       BLOCK_SIZE: tl.constexpr):
+    # The launch starts ceil(n / BLOCK_SIZE) copies of this function, the
+    # programs; program_id says which one runs here (0, 1, 2, ...).
     pid = tl.program_id(axis=0)
+    # arange gives the vector [0, 1, ..., BLOCK_SIZE - 1]: a whole block of
+    # lanes at once (BLOCK_SIZE is a compile-time constant, a power of two).
+    # Program pid owns elements pid * BLOCK_SIZE up to the next block's start.
     offsets = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = offsets < n_elements  # the last block may run past the end
+    # The last block may run past the end of the tensor: mask switches those
+    # lanes off, so their loads read nothing and their stores write nothing.
+    mask = offsets < n_elements
     x = tl.load(x_ptr + offsets, mask=mask)
     y = tl.load(y_ptr + offsets, mask=mask)
-    # out = alpha * x + y, with one read of each input and one write
+    # out = alpha * x + y: one read of each input, one write, no temporary
     tl.store(out_ptr + offsets, alpha * x + y, mask=mask)
 
 
@@ -41,6 +48,8 @@ def scaled_add_triton(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, b
     n = out.numel()
     if n == 0:
         return out
-    grid = (triton.cdiv(n, block_size),)
+    # show: start launch
+    grid = (triton.cdiv(n, block_size),)  # one program per block, the last one masked
     _scaled_add_kernel[grid](x_c, y_c, out, float(alpha), n, BLOCK_SIZE=block_size)
+    # show: end launch
     return out
