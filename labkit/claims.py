@@ -7,6 +7,11 @@ each claim. The check prints ``measured <op> bound``, appends a record
 raises :class:`ClaimFailed` (an ``AssertionError``) when the claim does not hold, so papermill
 fails the notebook and the test that runs it. The book's "Claims" page renders those files.
 
+Each check has a ``kind`` (see :data:`CLAIM_KINDS`): a ``"paper"`` claim (the default) scales a
+paper's result down and could fail if the mechanism were wrong; a ``"sanity"`` check asserts an
+identity, arithmetic or a property that holds by construction. The Claims page lists each kind
+in its own table, so sanity checks never pass for evidence.
+
 Records go to ``$LABKIT_RECORDS_DIR/<tier>/<chapter>/<section>.json``; without that variable,
 to ``_build/records`` of the book checkout the kernel runs in, else to labkit's cache.
 """
@@ -19,6 +24,8 @@ import math
 import operator
 import os
 import platform
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,13 @@ import torch
 from .cache import cache_dir
 from .tiers import validate_tier
 
-__all__ = ["ClaimFailed", "ClaimLog", "machine_summary", "records_dir"]
+__all__ = ["CLAIM_KINDS", "ClaimFailed", "ClaimLog", "machine_summary", "records_dir"]
+
+#: The kinds the Claims page knows, in its order. Another lower-case tag (``"protocol"``) is
+#: accepted too and gets a table of its own after these.
+CLAIM_KINDS = ("paper", "sanity")
+_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
+_WIDTH = 80  # the book's content column, in characters
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 
@@ -100,7 +113,7 @@ class ClaimLog:
         return records_dir() / self.tier / self.chapter / f"{self.section}.json"
 
     def check(self, claim: str, measured: Any, op: str, bound: Any, *, unit: str = "",
-              paper: str | None = None, fmt: str = ".4g") -> None:
+              paper: str | None = None, fmt: str = ".4g", kind: str = "paper") -> None:
         """Assert ``measured <op> bound``, print both, record the outcome.
 
         Args:
@@ -111,6 +124,9 @@ class ClaimLog:
             unit: printed after the numbers.
             paper: id of the paper (``book/_data/papers.yml``) whose headline this claim scales down.
             fmt: format spec for printing the numbers.
+            kind: ``"paper"`` (a claim that could fail if the mechanism were wrong) or
+                ``"sanity"`` (an identity, arithmetic, a property that holds by construction);
+                see :data:`CLAIM_KINDS`.
 
         Raises:
             ClaimFailed: the claim does not hold (after recording it).
@@ -119,17 +135,28 @@ class ClaimLog:
             raise ValueError("check: claim must be a non-empty sentence")
         if op not in _OPS:
             raise ValueError(f"check: op must be one of {sorted(_OPS)}, got {op!r}")
+        if not isinstance(kind, str):
+            raise TypeError(f"check: kind must be a string such as 'paper' or 'sanity', got {type(kind).__name__}")
+        if not _KIND.match(kind):
+            raise ValueError(f"check: kind must be one of {CLAIM_KINDS} (or another lower-case tag), got {kind!r}")
         m = _as_number(measured, "measured")
         b = _as_number(bound, "bound")
         passed = bool(_OPS[op](m, b))
         self.claims.append({
             "claim": claim, "measured": m, "op": op, "bound": b, "passed": passed,
-            "unit": unit, "paper": paper,
+            "unit": unit, "paper": paper, "kind": kind,
         })
         self._write()
         mark = "PASS" if passed else "FAIL"
         suffix = f" {unit}" if unit else ""
-        print(f"[{mark}] {claim}: measured {m:{fmt}}{suffix} {op} bound {b:{fmt}}{suffix}")
+        tag = "" if kind == "paper" else f"({kind}) "
+        numbers = f"measured {m:{fmt}}{suffix} {op} bound {b:{fmt}}{suffix}"
+        line = f"[{mark}] {tag}{claim}: {numbers}"
+        if len(line) > _WIDTH:  # the claim wrapped to the page, the numbers on a line of their own
+            indent = " " * (len(mark) + 3)
+            line = textwrap.fill(f"[{mark}] {tag}{claim}:", _WIDTH, subsequent_indent=indent,
+                                 break_on_hyphens=False) + f"\n{indent}{numbers}"
+        print(line)
         if not passed:
             raise ClaimFailed(f"claim failed: {claim}: measured {m:{fmt}} is not {op} {b:{fmt}}")
 

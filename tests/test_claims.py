@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.claims import ClaimFailed, ClaimLog, records_dir
+from labkit.claims import CLAIM_KINDS, ClaimFailed, ClaimLog, records_dir
 
 
 @pytest.fixture
@@ -86,3 +86,39 @@ def test_records_dir_finds_the_book_checkout(monkeypatch: pytest.MonkeyPatch) ->
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root / "chapters")
     assert records_dir() == root / "_build" / "records"
+
+
+def test_kinds_are_recorded_and_paper_is_the_default(records: Path, capsys: pytest.CaptureFixture) -> None:
+    log = ClaimLog("01_x", "02_y", "ci")
+    log.check("recall beats the baseline", 0.3, ">", 0.2, paper="ultragcn")
+    log.check("shares reconstruct the secret", 0.0, "==", 0.0, kind="sanity")
+    log.check("the protocol round completes", 1, "==", 1, kind="protocol")
+    assert [c["kind"] for c in read(records)["claims"]] == ["paper", "sanity", "protocol"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[PASS] recall beats the baseline: measured 0.3 >")
+    assert out[1] == "[PASS] (sanity) shares reconstruct the secret: measured 0 == bound 0"
+    assert out[2].startswith("[PASS] (protocol) the protocol round completes")
+    assert CLAIM_KINDS[:2] == ("paper", "sanity")
+
+
+def test_a_failing_sanity_check_still_fails(records: Path) -> None:
+    with pytest.raises(ClaimFailed):
+        ClaimLog("01_x", "02_y", "ci").check("identity", 1.0, "==", 2.0, kind="sanity")
+    assert read(records)["claims"][0]["kind"] == "sanity"
+
+
+@pytest.mark.parametrize("kind, err", [("", ValueError), ("Sanity", ValueError), ("two words", ValueError),
+                                       (3, TypeError), (None, TypeError)])
+def test_bad_kind(records: Path, kind: object, err: type) -> None:
+    with pytest.raises(err, match="kind must be"):
+        ClaimLog("01_x", "02_y", "ci").check("c", 1, "==", 1, kind=kind)  # type: ignore[arg-type]
+
+
+def test_long_claims_wrap_to_the_page(records: Path, capsys: pytest.CaptureFixture) -> None:
+    claim = "the fused kernel equals the reference on every element of a long vector " * 2
+    ClaimLog("01_x", "02_y", "ci").check(claim.strip(), 1e-7, "<=", 1e-5, unit="abs")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 3 and all(len(line) <= 80 for line in lines), lines
+    assert lines[0].startswith("[PASS] the fused kernel")
+    assert lines[-1] == "       measured 1e-07 abs <= bound 1e-05 abs"
+    assert " ".join(line.strip() for line in lines[:-1]) == f"[PASS] {claim.strip()}:"
