@@ -102,10 +102,11 @@ def approx_program(ctx: Any, name: str, shape: tuple[int, ...], kwargs: dict[str
 
 
 def secure_approx(name: str, x: torch.Tensor, *, insecure_seed: int | None = None, frac_bits: int = 16,
-                  runtime: str = "simulator", **kwargs: Any) -> Any:
+                  runtime: str = "simulator", audit_truncation: bool = False, **kwargs: Any) -> Any:
     """Evaluate approximation ``name`` on a secret ``x`` (owned by P0) with the engine.
 
-    The parties draw private randomness (``insecure_seed`` as in :func:`labkit.mpc.run`).
+    The parties draw private randomness (``insecure_seed`` and ``audit_truncation`` as in
+    :func:`labkit.mpc.run`).
 
     Returns:
         The :class:`~labkit.mpc.MPCRun`: ``.output`` the revealed float64 result,
@@ -116,4 +117,4 @@ def secure_approx(name: str, x: torch.Tensor, *, insecure_seed: int | None = Non
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     return run(approx_program, args=(name, tuple(x.shape), kwargs), inputs={0: x}, insecure_seed=insecure_seed,
-               frac_bits=frac_bits, runtime=runtime)
+               frac_bits=frac_bits, runtime=runtime, audit_truncation=audit_truncation)

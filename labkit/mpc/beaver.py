@@ -85,6 +85,8 @@ def finish_product(x: Shared, z: torch.Tensor, frac_bits: int) -> Shared:
     """
     ctx = x.ctx
     if frac_bits > ctx.frac_bits:  # fixed x fixed: 2f bits, drop f of them
+        if ctx.audit is not None and not ctx.is_dealer:
+            ctx.audit.append(z.reshape(-1).clone())
         z = z if ctx.is_dealer else truncate_share(z, frac_bits - ctx.frac_bits, party=ctx.rank)
         frac_bits = ctx.frac_bits
     return x.wrap(z, frac_bits)
@@ -98,6 +100,8 @@ def truncate(x: Shared, bits: int) -> Shared:
     """
     b = check_int("bits", bits, 0, RING_BITS - 2)
     ctx = x.ctx
+    if ctx.audit is not None and not ctx.is_dealer:
+        ctx.audit.append(x.share.reshape(-1).clone())
     z = x.share >> b if ctx.is_dealer else truncate_share(x.share, b, party=ctx.rank)
     return x.wrap(z)
 

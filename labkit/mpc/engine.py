@@ -97,23 +97,29 @@ class Party:
             (:func:`~labkit.mpc.prg.insecure_prg`), so every party can replay every other.
         private: this party's private input (whatever the run was given for it), or ``None``.
         keep_payloads: keep a copy of every sent and received payload (debug/leak tests).
+        audit_truncation: keep this party's share of every value before it is truncated, so
+            that the simulator can compute each truncation's failure probability (analysis
+            only: it needs both parties' shares in one place).
 
     Attributes:
         rank, frac_bits, session, private, generator (this party's PRG), secure (whether the
         generator is private), messages (sent by this party), received (``(sender, payload)``
-        pairs, kept only with ``keep_payloads``).
+        pairs, kept only with ``keep_payloads``), audit (the shares before truncation, or
+        ``None`` unless ``audit_truncation``).
     """
 
     value_type: ClassVar[type | None] = None  # the shared-value class (registered by labkit.mpc.shared)
 
     def __init__(self, rank: int, transport: Any, *, frac_bits: int, session: str,
-                 insecure_seed: int | None = None, private: Any = None, keep_payloads: bool = False) -> None:
+                 insecure_seed: int | None = None, private: Any = None, keep_payloads: bool = False,
+                 audit_truncation: bool = False) -> None:
         self.rank = check_int("rank", rank, 0, DEALER)
         self.transport = transport
         self.frac_bits = check_frac_bits(frac_bits)
         self.session = session
         self.private = private
         self.keep_payloads = bool(keep_payloads)
+        self.audit: list[torch.Tensor] | None = [] if audit_truncation else None
         self.secure = insecure_seed is None
         self.generator: PRG = PRG.from_os() if self.secure else insecure_prg(insecure_seed, self.rank)
         self.messages: list[Message] = []

@@ -73,6 +73,9 @@ class MPCRun:
         program_s: seconds each party spent in the program.
         session: the run's identifier.
         secure: ``False`` when the run used ``insecure_seed`` (reproducible, not secret).
+        truncation_risk: with ``audit_truncation`` (simulator), the expected number of
+            truncations of the run that failed: the sum over every truncated value ``x`` of
+            ``|x| / 2^64`` (:func:`labkit.mpc.beaver.truncate_share`); ``None`` otherwise.
     """
 
     outputs: tuple[Any, Any, Any]
@@ -82,6 +85,7 @@ class MPCRun:
     program_s: tuple[float, float, float]
     session: str
     secure: bool
+    truncation_risk: float | None = None
 
     @property
     def output(self) -> Any:
@@ -96,7 +100,7 @@ class MPCRun:
 def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple = (),
         kwargs: dict[str, Any] | None = None, inputs: dict[int, Any] | None = None,
         insecure_seed: int | None = None, frac_bits: int = DEFAULT_FRAC_BITS, keep_payloads: bool = False,
-        timeout: float = 60.0) -> MPCRun:
+        audit_truncation: bool = False, timeout: float = 60.0) -> MPCRun:
     """Run ``program(ctx, *args, **kwargs)`` at P0, P1 and the dealer P2.
 
     Args:
@@ -109,6 +113,8 @@ def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple 
             secrecy: the result is marked ``secure=False``).
         frac_bits: fixed-point fractional bits ``f`` (1..30).
         keep_payloads: keep a copy of every payload in the log (for leak checks; memory).
+        audit_truncation: simulator only: compute :attr:`MPCRun.truncation_risk` (an observer
+            that sees both parties' shares, for analysis; memory).
         timeout: seconds allowed (processes: start-up included).
 
     Returns:
@@ -134,6 +140,8 @@ def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple 
     if insecure_seed is not None:
         check_int("insecure_seed", insecure_seed, 0)
     check_frac_bits(frac_bits)
+    if audit_truncation and runtime != "simulator":
+        raise ValueError("audit_truncation needs runtime='simulator' (both parties' shares in one process)")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
             timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
@@ -141,7 +149,7 @@ def run(program: Callable[..., Any], *, runtime: str = "simulator", args: tuple 
                   frac_bits=frac_bits,
                   keep_payloads=bool(keep_payloads), timeout=float(timeout), session=uuid.uuid4().hex[:8])
     if runtime == "simulator":
-        return _simulate(program, **common)
+        return _simulate(program, audit_truncation=bool(audit_truncation), **common)
     return _processes(program, **common)
 
 
@@ -150,7 +158,8 @@ class _Aborted(MPCError):
 
 
 def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs: dict, insecure_seed: int | None,
-              frac_bits: int, keep_payloads: bool, timeout: float, session: str) -> MPCRun:
+              frac_bits: int, keep_payloads: bool, timeout: float, session: str,
+              audit_truncation: bool = False) -> MPCRun:
     queues = {(i, j): queue.Queue() for i in range(N_PARTIES) for j in range(N_PARTIES) if i != j}
     abort = threading.Event()
     outputs: list[Any] = [None] * N_PARTIES
@@ -164,7 +173,8 @@ def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs:
         try:
             transport = ThreadTransport(rank, queues, abort, timeout)
             ctx = Party(rank, transport, frac_bits=frac_bits, session=session, insecure_seed=insecure_seed,
-                        private=inputs.get(rank), keep_payloads=keep_payloads)  # draws its own seed here
+                        private=inputs.get(rank), keep_payloads=keep_payloads,
+                        audit_truncation=audit_truncation)  # draws its own seed here
             parties[rank] = ctx
             outputs[rank] = program(ctx, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
@@ -196,7 +206,11 @@ def _simulate(program: Callable[..., Any], *, args: tuple, kwargs: dict, inputs:
         raise MPCError(f"party {rank} failed: {exc!r}", rank=rank) from exc
     secure = insecure_seed is None
     log = MessageLog.merge((p.messages for p in parties if p is not None), secure=secure)
-    return MPCRun(tuple(outputs), log, "simulator", wall, tuple(times), session, secure)
+    risk = None
+    if audit_truncation:  # pair the two parties' pre-truncation shares, in program order
+        risk = sum(float(((z0 + z1).to(torch.float64).abs() / 2.0**64).sum())
+                   for z0, z1 in zip(parties[0].audit, parties[1].audit))
+    return MPCRun(tuple(outputs), log, "simulator", wall, tuple(times), session, secure, risk)
 
 
 def _check_importable(program: Callable[..., Any]) -> None:

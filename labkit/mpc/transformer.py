@@ -320,7 +320,7 @@ def _check_idx(model: GPT, idx: Any) -> torch.Tensor:
 
 def secure_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = ApproxConfig(),
                   runtime: str = "processes", reveal: str = "logits", insecure_seed: int | None = None,
-                  keep_payloads: bool = False, timeout: float = 120.0) -> SecureGPTRun:
+                  keep_payloads: bool = False, audit_truncation: bool = False, timeout: float = 120.0) -> SecureGPTRun:
     """Evaluate ``model`` on the prompts ``idx`` in secret: user P0, owner P1, dealer P2.
 
     Args:
@@ -333,6 +333,7 @@ def secure_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = Appro
         insecure_seed: ``None`` for private randomness; an int for a bit-identical rerun
             (see :func:`labkit.mpc.run`).
         keep_payloads: keep the payloads in the log (for the leak check).
+        audit_truncation: (simulator) also compute the run's truncation risk.
         timeout: seconds for the whole run.
 
     Returns:
@@ -346,7 +347,7 @@ def secure_logits(model: GPT, idx: torch.Tensor, *, approx: ApproxConfig = Appro
     b, t = idx.shape
     res = run(secure_gpt_program, runtime=runtime, args=(model.cfg, b, t, approx, reveal),
               inputs={USER: idx.clone(), OWNER: gpt_weights(model)}, insecure_seed=insecure_seed,
-              keep_payloads=keep_payloads, timeout=timeout)
+              keep_payloads=keep_payloads, audit_truncation=audit_truncation, timeout=timeout)
     user = res.outputs[USER]
     token = user["next_token"] if reveal == "next_token" else user["logits"][:, -1].argmax(-1)
     return SecureGPTRun(logits=user["logits"], next_token=token, run=res, times=user["times"])

@@ -113,3 +113,17 @@ def test_bad_inputs() -> None:
         truncate_share(encode(torch.ones(2)), 3, party=2)
     with pytest.raises(TypeError):
         truncate_share(torch.ones(2), 3, party=0)
+
+
+def test_the_truncation_audit_predicts_the_failures() -> None:
+    n = 4096
+    program = lambda ctx: ctx.reveal(ctx.input(0, ctx.private, shape=(n,)).square())
+    x = torch.full((n,), 4e4, dtype=torch.float64)
+    r = mpc.run(program, inputs={0: x}, audit_truncation=True)
+    expected = n * 4e4**2 / mpc.product_range(F)  # every element: |x^2| / R
+    assert r.truncation_risk == pytest.approx(expected, rel=1e-6)
+    failed = int(((r.output - 1.6e9).abs() > 1).sum())
+    assert abs(failed - expected) < 5 * (expected * (1 - expected / n)) ** 0.5
+    assert mpc.run(program, inputs={0: x}).truncation_risk is None
+    with pytest.raises(ValueError, match="simulator"):
+        mpc.run(program, inputs={0: x}, runtime="processes", audit_truncation=True)
