@@ -229,18 +229,19 @@ def run(benchmark: str, parser: argparse.ArgumentParser, body: Callable[[argpars
     with the reference or there is no CUDA device.
     """
     global _INTERPRET
+    import labkit.runtime
+
     args = parser.parse_args(argv)
     apply_case_set(args, full, quick, interpret)
     if check is not None:
         check(parser, args)
-    _INTERPRET = bool(args.interpret)
-    if _INTERPRET:
-        import labkit.runtime
-
+    timer = labkit.runtime.cuda_median_seconds
+    if args.interpret:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             parser.error("--interpret: Triton was imported before TRITON_INTERPRET=1 could be set")
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined, i.e. first imported
         labkit.runtime.cuda_median_seconds = _host_seconds  # the scripts import the timer when they run
+    _INTERPRET = bool(args.interpret)
     report = Report(benchmark, args)
     env = environment()
     t0 = time.perf_counter()
@@ -274,4 +275,6 @@ def run(benchmark: str, parser: argparse.ArgumentParser, body: Callable[[argpars
                                   seconds=time.perf_counter() - t0, env=env)
             args.json.write_text(json.dumps(data, indent=1) + "\n")
         sys.stdout.flush()
+        labkit.runtime.cuda_median_seconds = timer  # as it was (main() may be called in-process)
+        _INTERPRET = False
     return status

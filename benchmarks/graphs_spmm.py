@@ -45,7 +45,7 @@ from _common import Report, add_options, check_relative, copy_bandwidth, device,
 
 FULL = {"nodes": 1_000_000, "edges": 16_000_000, "features": [64, 256]}
 QUICK = {"nodes": 200_000, "edges": 3_200_000, "features": [64]}
-INTERPRET = {"nodes": 48, "edges": 400, "features": [8]}
+INTERPRET = {"nodes": 32, "edges": 160, "features": [4]}
 ERROR_BOUND = 1e-4  # largest |ours - reference| / largest |reference|, float32
 
 

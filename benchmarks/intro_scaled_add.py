@@ -71,7 +71,8 @@ def body(args: argparse.Namespace, report: Report) -> int:
     lines = ["| elements | eager (ms) | torch.add (ms) | ours (ms) | vs eager | vs torch.add | GB/s | of copy |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['elements']:,} | {r['eager_ms']:.3f} | {r['add_ms']:.3f} | {r['ours_ms']:.3f} "
-              f"| {r['vs_eager']:.2f}x | {r['vs_add']:.2f}x | {r['ours_gbps']:.0f} | {r['of_copy']:.0%} |" for r in rows]
+              f"| {r['vs_eager']:.2f}x | {r['vs_add']:.2f}x | {r['ours_gbps']:.0f} | {r['of_copy']:.0%} |"
+              for r in rows]
     report.table(f"Scaled add alpha * x + y, float32, alpha = {ALPHA}", "\n".join(lines), rows)
     return 0
 
