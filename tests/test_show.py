@@ -128,16 +128,28 @@ def test_repository_reads_config_yml(tmp_path: Path) -> None:
     assert repository(tmp_path / "missing") == (None, "main")
 
 
-def test_a_triton_kernel_shows_its_python_source() -> None:
-    from labkit.intro import _kernels
+@pytest.fixture
+def kernels_module():
+    """labkit.intro._kernels imported here and dropped afterwards (later tests import it interpreted)."""
+    name = "labkit.intro._kernels"
+    saved = sys.modules.pop(name, None)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.modules.pop(name, None)
+        if saved is not None:
+            sys.modules[name] = saved
 
-    listing = show(_kernels._scaled_add_kernel)
-    _, first = inspect.getsourcelines(_kernels._scaled_add_kernel.fn)
+
+def test_a_triton_kernel_shows_its_python_source(kernels_module) -> None:
+    listing = show(kernels_module._scaled_add_kernel)
+    _, first = inspect.getsourcelines(kernels_module._scaled_add_kernel.fn)
     assert listing.first == first and listing.code.startswith("@triton.jit\ndef _scaled_add_kernel(")
     for word in ("tl.program_id", "tl.arange", "mask = offsets < n_elements", "tl.store"):
         assert word in listing.code
-    launch = show(_kernels.scaled_add_triton, region="launch")
-    assert len(launch.numbered) == 2 and "_scaled_add_kernel[grid]" in launch.code
+    launch = show(kernels_module.scaled_add_triton, region="launch")
+    assert launch.code.startswith("grid = (triton.cdiv(n, block_size),)")
+    assert "_scaled_add_kernel[grid](" in launch.code and "show:" not in launch.code
 
 
 def test_showing_does_not_import_triton() -> None:

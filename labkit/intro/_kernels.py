@@ -49,7 +49,8 @@ def scaled_add_triton(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, b
     if n == 0:
         return out
     # show: start launch
-    grid = (triton.cdiv(n, block_size),)  # one program per block, the last one masked
-    _scaled_add_kernel[grid](x_c, y_c, out, float(alpha), n, BLOCK_SIZE=block_size)
+    grid = (triton.cdiv(n, block_size),)  # one program per block
+    _scaled_add_kernel[grid](x_c, y_c, out, float(alpha), n,
+                             BLOCK_SIZE=block_size)
     # show: end launch
     return out
