@@ -208,9 +208,15 @@ def test_moe_validate(bench) -> None:
     logits = torch.randn(10, 4, generator=g)
     gating = topk_gating_reference(logits, 2)
     perm = permute_tokens_reference(gating[2], 4)
-    mod.validate_routing(logits, 2, 4, gating, perm)
-    with pytest.raises(common.Mismatch, match="experts"):
+    assert mod.validate_routing(logits, 2, 4, gating, perm)[1] == 0
+    with pytest.raises(common.Mismatch, match="experts"):  # the second choice first
         mod.validate_routing(logits, 2, 4, (gating[0], gating[1], gating[2].flip(1)), perm)
+    with pytest.raises(common.Mismatch, match="experts"):
+        mod.validate_routing(logits, 2, 4, (gating[0], gating[1], gating[2].clone().fill_(4)), perm)
+    tied = torch.zeros(3, 4)  # every expert equally likely: any pick of two is right
+    tied_gating = topk_gating_reference(tied, 2)
+    other = (tied_gating[0], tied_gating[1], torch.tensor([[3, 2]] * 3))
+    assert mod.validate_routing(tied, 2, 4, other, permute_tokens_reference(tied_gating[2], 4))[1] == 3
     with pytest.raises(common.Mismatch, match="order"):
         mod.validate_routing(logits, 2, 4, gating, (perm[0].flip(0), perm[1]))
 
