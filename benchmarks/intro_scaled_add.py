@@ -62,7 +62,7 @@ def body(args: argparse.Namespace, report: Report) -> int:
         t_ours = cuda_median_seconds(lambda: scaled_add_triton(x, y, alpha=ALPHA))
         copy_bw, ours_bw = 8 * n / t_copy, 12 * n / t_ours  # bytes read + written per second
         rows.append(dict(elements=n, eager_ms=t_eager * 1e3, add_ms=t_add * 1e3, ours_ms=t_ours * 1e3,
-                         vs_eager=t_eager / t_ours, vs_add=t_add / t_ours, ours_gbps=ours_bw / 1e9,
+                         vs_eager=t_eager / t_ours, vs_add=t_add / t_ours, gbps=ours_bw / 1e9,
                          of_copy=ours_bw / copy_bw, max_abs_err=err))
         print(f"{n:,} elements: max abs err {err:.1e}; eager {t_eager * 1e3:.3f} ms, torch.add {t_add * 1e3:.3f} ms, "
               f"ours {t_ours * 1e3:.3f} ms ({t_eager / t_ours:.2f}x eager, {ours_bw / copy_bw:.0%} of copy)",
@@ -71,7 +71,7 @@ def body(args: argparse.Namespace, report: Report) -> int:
     lines = ["| elements | eager (ms) | torch.add (ms) | ours (ms) | vs eager | vs torch.add | GB/s | of copy |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['elements']:,} | {r['eager_ms']:.3f} | {r['add_ms']:.3f} | {r['ours_ms']:.3f} "
-              f"| {r['vs_eager']:.2f}x | {r['vs_add']:.2f}x | {r['ours_gbps']:.0f} | {r['of_copy']:.0%} |"
+              f"| {r['vs_eager']:.2f}x | {r['vs_add']:.2f}x | {r['gbps']:.0f} | {r['of_copy']:.0%} |"
               for r in rows]
     report.table(f"Scaled add alpha * x + y, float32, alpha = {ALPHA}", "\n".join(lines), rows)
     return 0
