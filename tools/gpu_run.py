@@ -171,6 +171,7 @@ def benchmark_estimate(name: str, quick: bool, data: dict[str, Any]) -> tuple[fl
 
 
 def kernel_estimate(data: dict[str, Any]) -> tuple[float, str]:
+    """Seconds of the kernel tests and where they come from: the merged run, else the stated default."""
     record = data.get("kernel_tests")
     if record and record.get("seconds"):
         return float(record["seconds"]), f"gpu run {record.get('date', '')}".strip()
