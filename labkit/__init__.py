@@ -24,11 +24,20 @@ from .backend import BackendUnavailable, Op, resolve_backend, triton_available, 
 from .cache import cache_dir, cache_key
 from .claims import ClaimFailed, ClaimLog
 from .listing import show
-from .plotting import styled
 from .runtime import Timing, progress_disabled, seed_everything, time_fn
 from .tiers import TIERS, TierConfig, tier_config
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``labkit.styled`` imports plotly on first use, so the kernels, tests and benchmarks run on
+    a GPU host that has torch and Triton but no plotly."""
+    if name == "styled":
+        from .plotting import styled
+
+        return styled
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")
 
 __all__ = [
     "TIERS",

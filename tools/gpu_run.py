@@ -44,9 +44,10 @@ Afterwards, on any machine, ``python tools/gpu_run.py merge OUT_DIR`` merges a r
 into the book: each notebook's ``gpu`` time into book/_data/runtimes.json (the run-time table)
 and each benchmark's tables and the kernel tests' time into book/_data/gpu_benchmarks.json.
 
-Needs on the GPU host: torch, Triton, pytest, and labkit's imports (PyYAML, plotly, ...; the
-notebooks also need papermill, ipykernel and ipywidgets), with labkit importable from the
-checkout; README.md, "On a GPU machine", has the command line for an offline host.
+Needs on the GPU host: torch, Triton and pytest for the kernel tests and benchmarks (``import
+labkit`` needs no plotly), and for the notebooks papermill, ipykernel, ipywidgets, plotly and
+PyYAML, with labkit importable from the checkout; README.md, "On a GPU machine", has the
+command line for an offline host.
 """
 
 from __future__ import annotations
