@@ -2,6 +2,8 @@
 
 Runs offline and reads only files inside the repository.
 """
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,75 @@ def test_headlines(papers):
         assert isinstance(h, str) and h.strip(), p["id"]
         assert "\n" not in h and "\r" not in h, p["id"]
         assert len(h) < 200, p["id"]
+
+
+# -- the bibliography (book/references.bib) ---------------------------------------------------------
+
+BIBFILE = ROOT / "book" / "references.bib"
+ARXIV_ID = r"\d{4}\.\d{4,5}"
+
+
+@pytest.fixture(scope="module")
+def bib_entries():
+    from pybtex.database import parse_file  # installed with sphinxcontrib-bibtex
+
+    return parse_file(str(BIBFILE)).entries
+
+
+def _plain(field: str) -> str:
+    """A BibTeX field without its case-protecting braces."""
+    return field.replace("{", "").replace("}", "")
+
+
+def test_every_paper_has_an_entry_with_its_exact_title(papers, bib_entries):
+    missing = [p["id"] for p in papers if p["id"] not in bib_entries]
+    assert not missing, f"no entry in book/references.bib for {missing}"
+    wrong = [(p["id"], _plain(bib_entries[p["id"]].fields["title"])) for p in papers
+             if _plain(bib_entries[p["id"]].fields["title"]) != p["title"]]
+    assert not wrong, f"titles differ from papers.yml: {wrong}"
+
+
+def test_arxiv_fields_agree(papers, bib_entries):
+    for p in papers:
+        fields = bib_entries[p["id"]].fields
+        if "eprint" not in fields:
+            assert "url" not in fields and "year" not in fields, f"{p['id']}: url/year without an arXiv id"
+            continue
+        eprint = fields["eprint"]
+        assert re.fullmatch(ARXIV_ID, eprint), (p["id"], eprint)
+        assert fields["archiveprefix"] == "arXiv", p["id"]
+        assert fields["url"] == f"https://arxiv.org/abs/{eprint}", p["id"]
+        assert fields["year"] == str(2000 + int(eprint[:2])), f"{p['id']}: year is the arXiv submission's"
+    ids = [bib_entries[p["id"]].fields.get("eprint") for p in papers]
+    dupes = {i for i in ids if i and ids.count(i) > 1}
+    assert not dupes, f"one arXiv id for several papers: {dupes}"
+
+
+@pytest.fixture(scope="module")
+def labbook():
+    """book/_ext/labbook.py, the extension that generates the book's tables (loaded by path)."""
+    spec = importlib.util.spec_from_file_location("labbook_ext", ROOT / "book" / "_ext" / "labbook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_papers_page_anchors_match_the_bibliography_config(labbook):
+    """The Papers page links to references.html#cite-<id>: the id template of _config.yml, and a
+    References page that lists every entry (not only the cited ones), must agree with it."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    assert config["config"]["bibtex_cite_id"] == "cite-{key}"
+    assert labbook.citation_anchor("topological_concentration") == "cite-topological-concentration"
+    assert "sphinx_exercise" in config["extra_extensions"]
+    references = (ROOT / "book" / "references.md").read_text()
+    assert re.search(r"```\{bibliography\}\n:all:\n```", references), "the References page lists every entry"
+
+
+def test_runtime_table_counts_exercises(labbook, tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# P\n\n:::{exercise}\n:label: a\n:::\n\n```{exercise-start}\n:label: b\n```\n"
+                    "```{exercise-end}\n```\n\n```{solution} a\n```\n")
+    assert labbook.exercise_count(page) == 2
+    assert labbook.exercise_count(tmp_path / "missing.ipynb") == 0
+    chapter00 = ROOT / "chapters" / "00_how_this_book_runs" / "01_how_this_book_runs.ipynb"
+    assert 2 <= labbook.exercise_count(chapter00) <= 4  # the contract of a section

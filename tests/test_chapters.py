@@ -82,3 +82,129 @@ def test_toc_follows_the_parts_of_the_book() -> None:
             if m and m.group(1) != "00":
                 ch = next(c for c in chapters if c["number"] == m.group(1))
                 assert part["caption"].startswith(f"Part {ch['part']}:"), f"{f} belongs in Part {ch['part']}"
+
+
+# -- the chapter contract ---------------------------------------------------------------------------
+# Chapters brought to the full contract: the mechanism shown from labkit's source with
+# labkit.show, 2-4 exercises with at least one executed, asserting solution, every paper of a
+# section cited with {cite}, code within the page's 80 columns. A chapter joins the set once it
+# meets every line; the tests below then hold it there.
+CONTRACT_CHAPTERS = {"00_how_this_book_runs"}
+CONTRACT_NOTEBOOKS = [nb for nb in ALL_NOTEBOOKS if nb.parent.name in CONTRACT_CHAPTERS]
+PAGE_COLUMNS = 80
+
+EXERCISE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{exercise(?:-start)?\}", re.M)
+LABEL = re.compile(r"^[ \t]*:label:[ \t]*(\S+)", re.M)
+SOLUTION_START = re.compile(r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{solution-start\}[ \t]*(\S+)", re.M)
+SOLUTION_END = re.compile(r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{solution-end\}", re.M)
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
+ASSERT = re.compile(r"^[ \t]*assert\b", re.M)
+
+
+def markdown(nb: Path) -> str:
+    return "\n".join(source(c) for c in cells(nb) if c["cell_type"] == "markdown")
+
+
+def exercise_labels(nb: Path) -> list[str]:
+    """The label of each exercise directive (the line after it that says ``:label:``)."""
+    text = markdown(nb)
+    labels = []
+    for m in EXERCISE.finditer(text):
+        label = LABEL.search(text, m.end())
+        labels.append(label.group(1) if label else "")
+    return labels
+
+
+def gated_solutions(nb: Path) -> list[tuple[str, list[str], str]]:
+    """``(exercise label, code of the cells inside, the start cell's text)`` of each gated
+    solution; an unclosed one is returned with the code up to the end of the notebook."""
+    out: list[tuple[str, list[str], str]] = []
+    current: tuple[str, list[str], str] | None = None
+    for cell in cells(nb):
+        text = source(cell)
+        if cell["cell_type"] == "markdown":
+            if current is not None and SOLUTION_END.search(text):
+                out.append(current)
+                current = None
+            start = SOLUTION_START.search(text)
+            if start:
+                assert current is None, f"solution-start inside the open solution of {current[0]}"
+                current = (start.group(1), [], text)
+        elif current is not None:
+            current[1].append(text)
+    if current is not None:
+        out.append((current[0], current[1], current[2] + "\n(unclosed)"))
+    return out
+
+
+def cited_keys(nb: Path) -> set[str]:
+    return {key.strip() for m in CITE.finditer(markdown(nb)) for key in m.group(1).split(",")}
+
+
+def test_contract_chapters_exist() -> None:
+    folders = {nb.parent.name for nb in ALL_NOTEBOOKS}
+    assert CONTRACT_CHAPTERS <= folders, sorted(CONTRACT_CHAPTERS - folders)
+    assert CONTRACT_NOTEBOOKS, "no notebook of a contract chapter"
+
+
+@pytest.mark.parametrize("nb", CONTRACT_NOTEBOOKS, ids=[_book.docname(nb) for nb in CONTRACT_NOTEBOOKS])
+class TestChapterContract:
+    def test_two_to_four_exercises(self, nb: Path) -> None:
+        labels = exercise_labels(nb)
+        assert 2 <= len(labels) <= 4, f"{len(labels)} exercises; a section sets 2-4"
+        assert all(labels) and len(set(labels)) == len(labels), f"each exercise needs its own :label: {labels}"
+
+    def test_gated_solutions_close_fold_and_answer_an_exercise(self, nb: Path) -> None:
+        labels = set(exercise_labels(nb))
+        for label, _, start in gated_solutions(nb):
+            assert "(unclosed)" not in start, f"solution of {label} has no solution-end"
+            assert label in labels, f"solution-start names {label!r}, not an exercise of this page"
+            assert re.search(r"^[ \t]*:class:.*\bdropdown\b", start, re.M), f"fold the solution of {label}"
+
+    def test_a_code_solution_asserts_its_result(self, nb: Path) -> None:
+        asserting = [label for label, code, _ in gated_solutions(nb) if any(ASSERT.search(c) for c in code)]
+        assert asserting, "at least one gated solution with a code cell that asserts its result"
+
+    def test_sections_cite_their_papers(self, nb: Path) -> None:
+        papers = yaml.safe_load((_book.ROOT / "book" / "_data" / "papers.yml").read_text())
+        own = {p["id"] for p in papers if p.get("section") == nb.relative_to(_book.ROOT).as_posix()}
+        missing = own - cited_keys(nb)
+        assert not missing, f"cite the section's papers with {{cite}}`id`: {sorted(missing)}"
+
+    def test_citations_have_entries(self, nb: Path) -> None:
+        bib = (_book.ROOT / "book" / "references.bib").read_text()
+        keys = set(re.findall(r"^@\w+\{\s*([^,\s]+)\s*,", bib, re.M))
+        unknown = cited_keys(nb) - keys
+        assert not unknown, f"no entry in book/references.bib for {sorted(unknown)}"
+
+    def test_shows_library_source(self, nb: Path) -> None:
+        code = "\n".join(source(c) for c in cells(nb) if c["cell_type"] == "code")
+        assert re.search(r"(?<![\w.])show\(", code), "show the mechanism's source with labkit.show(...)"
+
+    def test_code_fits_the_page(self, nb: Path) -> None:
+        long = [f"cell {i}: {line}" for i, c in enumerate(cells(nb)) if c["cell_type"] == "code"
+                for line in source(c).splitlines() if len(line) > PAGE_COLUMNS]
+        assert not long, f"code lines over {PAGE_COLUMNS} characters:\n" + "\n".join(long)
+
+
+def test_contract_helpers_on_a_made_up_notebook(tmp_path: Path) -> None:
+    def cell(kind: str, text: str) -> dict:
+        return {"cell_type": kind, "metadata": {}, "source": text}
+
+    nb = tmp_path / "01_x.ipynb"
+    nb.write_text(json.dumps({"cells": [
+        cell("markdown", "# T\nAs {cite}`ultragcn, graphhash` and {cite:p}`ncn` show.\n\n"
+                         ":::{exercise}\n:label: ex-a\nDo it.\n:::"),
+        cell("markdown", "```{exercise}\n:label: ex-b\n```"),
+        cell("markdown", "```{solution-start} ex-a\n:class: dropdown\n```"),
+        cell("code", "x = 1\nassert x == 1"),
+        cell("markdown", "```{solution-end}\n```"),
+        cell("markdown", "```{solution-start} ex-b\n```"),
+        cell("code", "y = 2"),
+    ]}))
+    assert exercise_labels(nb) == ["ex-a", "ex-b"]
+    assert cited_keys(nb) == {"ultragcn", "graphhash", "ncn"}
+    (a, a_code, a_start), (b, b_code, b_start) = gated_solutions(nb)
+    assert (a, a_code, b, b_code) == ("ex-a", ["x = 1\nassert x == 1"], "ex-b", ["y = 2"])
+    assert "dropdown" in a_start and "(unclosed)" in b_start and "dropdown" not in b_start
+    assert ASSERT.search(a_code[0]) and not ASSERT.search(b_code[0])

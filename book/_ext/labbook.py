@@ -3,12 +3,14 @@
 Directives (each page that uses one is re-read on every build, and its table is filled in only
 after every notebook has executed, so it always shows this build's results):
 
-``{labbook-papers}``    every paper of ``book/_data/papers.yml``: chapter, the section that
-                        teaches it (or "coming"), the paper's own headline.
+``{labbook-papers}``    every paper of ``book/_data/papers.yml``: its title linked to its entry
+                        on the References page (``book/references.bib``, key = the paper's id),
+                        chapter, the section that teaches it (or "coming"), the paper's headline.
 ``{labbook-claims}``    every claim recorded by ``labkit.ClaimLog`` during execution, beside the
-                        headline of the paper it scales down.
+                        headline of the paper it scales down; one table per kind of check (paper
+                        claims, then sanity checks, then any other tag).
 ``{labbook-runtimes}``  each notebook's measured run time per tier (``book/_data/runtimes.json``,
-                        updated with this build's own execution times).
+                        updated with this build's own execution times) and its exercises.
 ``{labbook-part} I``    the planned chapters of one part of the book and where they stand.
 
 It also repairs two page-script problems of the stack (see :func:`_dedup_scripts` and
@@ -32,10 +34,19 @@ import yaml
 from docutils import nodes
 from docutils.parsers.rst import Directive
 from sphinx.application import Sphinx
+from sphinx.util import logging
 from sphinx.util.nodes import make_refnode
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("papers", "claims", "runtimes", "part")
 TIERS = ("ci", "default", "gpu")
+REFERENCES_DOC = "book/references"
+BIBFILE = "book/references.bib"
+# A sphinx-exercise exercise in a notebook's markdown: ```{exercise} or :::{exercise-start}
+EXERCISE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{exercise(?:-start)?\}", re.M)
+# Headings of the Claims page's tables, per kind of check (labkit.claims.CLAIM_KINDS)
+CLAIM_KIND_TITLES = {"paper": ("claim", "claims"), "sanity": ("sanity check", "sanity checks")}
 
 
 class labbook_table(nodes.General, nodes.Element):
@@ -81,6 +92,26 @@ def _tier() -> str:
 def _records_dir(app: Sphinx) -> Path:
     env = os.environ.get("LABKIT_RECORDS_DIR")
     return Path(env) if env else _root(app) / "_build" / "records"
+
+
+def citation_anchor(key: str) -> str:
+    """The HTML id of ``key``'s entry on the References page (``bibtex_cite_id: "cite-{key}"``)."""
+    return nodes.make_id(f"cite-{key}")
+
+
+def _bib_keys(app: Sphinx) -> set[str]:
+    path = _root(app) / BIBFILE
+    return set(re.findall(r"^@\w+\{\s*([^,\s]+)\s*,", path.read_text(), re.M)) if path.exists() else set()
+
+
+def exercise_count(path: Path) -> int:
+    """Exercises (sphinx-exercise directives) in the markdown of a notebook or a MyST page."""
+    if not path.exists():
+        return 0
+    if path.suffix != ".ipynb":
+        return len(EXERCISE.findall(path.read_text()))
+    cells = json.loads(path.read_text()).get("cells", [])
+    return sum(len(EXERCISE.findall("".join(c.get("source", "")))) for c in cells if c.get("cell_type") == "markdown")
 
 
 def machine() -> str:
@@ -134,8 +165,20 @@ def _chapter_doc(app: Sphinx, chapter: dict[str, Any]) -> str | None:
     return index if index in docs else (docs[0] if docs else None)
 
 
+def _paper_title(app: Sphinx, docname: str, paper: dict[str, Any], keys: set[str]) -> nodes.Node:
+    """The paper's title, linked to its entry on the References page."""
+    if paper["id"] not in keys:
+        logger.warning(f"labbook-papers: no entry {paper['id']!r} in {BIBFILE}", location=docname)
+        return nodes.inline(text=paper["title"])
+    if REFERENCES_DOC not in app.env.all_docs:
+        return nodes.inline(text=paper["title"])
+    uri = app.builder.get_relative_uri(docname, REFERENCES_DOC) + "#" + citation_anchor(paper["id"])
+    return nodes.reference("", paper["title"], internal=True, refuri=uri)
+
+
 def _papers_table(app: Sphinx, docname: str) -> list[nodes.Node]:
     chapters = {c["number"]: c for c in _load_yaml(app, "chapters.yml")}
+    keys = _bib_keys(app)
     rows = []
     for p in _load_yaml(app, "papers.yml"):
         ch = chapters[p["chapter"]]
@@ -144,9 +187,10 @@ def _papers_table(app: Sphinx, docname: str) -> list[nodes.Node]:
         where = _link(app, docname, ch_doc, ch_text) if ch_doc else nodes.inline(text=ch_text)
         section = p.get("section")
         sec = _link(app, docname, section[: -len(".ipynb")], "read it") if section else "coming"
-        rows.append([p["title"], where, sec, p["headline"]])
+        rows.append([_paper_title(app, docname, p, keys), where, sec, p["headline"]])
     n_taught = sum(1 for p in _load_yaml(app, "papers.yml") if p.get("section"))
-    intro = nodes.paragraph(text=f"{len(rows)} papers; {n_taught} taught so far, the rest are coming.")
+    intro = nodes.paragraph(text=(f"{len(rows)} papers; {n_taught} taught so far, the rest are coming. "
+                                  "Each title links to its entry in the references (authors, arXiv)."))
     return [intro, _table(["Paper", "Chapter", "Section", "The paper's headline"], rows)]
 
 
@@ -154,7 +198,8 @@ def _claims_table(app: Sphinx, docname: str) -> list[nodes.Node]:
     tier = _tier()
     papers = {p["id"]: p for p in _load_yaml(app, "papers.yml")}
     folder = _records_dir(app) / tier
-    rows, machines = [], set()
+    rows: dict[str, list[list[Any]]] = {}
+    machines = set()
     for path in sorted(folder.glob("*/*.json")):
         record = json.loads(path.read_text())
         doc = f"chapters/{record['chapter']}/{record['section']}"
@@ -167,15 +212,35 @@ def _claims_table(app: Sphinx, docname: str) -> list[nodes.Node]:
             measured = f"{c['measured']:.4g}{unit} {c['op']} {c['bound']:.4g}{unit}"
             paper = papers.get(c.get("paper") or "")
             headline = f"{paper['short']}: {paper['headline']}" if paper else "(book machinery)"
-            rows.append([_link(app, docname, doc, title), c["claim"], measured,
-                         "holds" if c["passed"] else "FAILED", headline])
+            kind = c.get("kind") or "paper"  # records written before kinds existed are paper claims
+            rows.setdefault(kind, []).append([_link(app, docname, doc, title), c["claim"], measured,
+                                              "holds" if c["passed"] else "FAILED", headline])
     where = ", ".join(sorted(machines)) or "no machine"
+    order = [k for k in CLAIM_KIND_TITLES if k in rows] + sorted(k for k in rows if k not in CLAIM_KIND_TITLES)
+    counts = ", ".join(_kind_count(k, len(rows[k])) for k in order)
     intro = nodes.paragraph(text=(
-        f"{len(rows)} claims, measured at the '{tier}' tier by this build's execution ({where}). "
-        "Each one is asserted in its notebook: a claim that stops holding fails the build."))
-    if not rows:
-        return [intro]
-    return [intro, _table(["Section", "Claim", "Measured vs bound", "Status", "Paper's own headline"], rows)]
+        f"{counts or 'No claims'}, measured at the '{tier}' tier by this build's execution ({where}). "
+        "Each one is asserted in its notebook: a check that stops holding fails the build. Claims "
+        "scale a paper's result down (or test the book's machinery) and would fail if the mechanism "
+        "were wrong; sanity checks assert identities, arithmetic and properties that hold by "
+        "construction, which the claims beside them rest on."))
+    out: list[nodes.Node] = [intro]
+    for kind in order:
+        out.append(nodes.rubric(text=f"{_kind_names(kind)[1].capitalize()} ({len(rows[kind])})"))
+        out.append(_table(["Section", "Claim", "Measured vs bound", "Status", "Paper's own headline"], rows[kind]))
+    return out
+
+
+def _kind_names(kind: str) -> tuple[str, str]:
+    """Singular and plural name of a kind of check: ``("claim", "claims")``, ``("protocol check", ...)``."""
+    name = kind.replace("_", " ")
+    return CLAIM_KIND_TITLES.get(kind, (f"{name} check", f"{name} checks"))
+
+
+def _kind_count(kind: str, n: int) -> str:
+    """``"3 claims"``, ``"1 sanity check"``, ``"2 protocol checks"``."""
+    one, many = _kind_names(kind)
+    return f"{n} {one if n == 1 else many}"
 
 
 def _update_runtimes(app: Sphinx) -> dict[str, Any]:
@@ -214,13 +279,15 @@ def _runtimes_table(app: Sphinx, docname: str) -> list[nodes.Node]:
             t = times.get(tier)
             cells.append(f"{t['seconds']:.1f} s" if t else "not measured")
         where = "; ".join(f"{tier}: {times[tier]['machine']}, {times[tier]['date']}" for tier in TIERS if tier in times)
-        rows.append([_link(app, docname, doc, title), *cells, where])
+        exercises = exercise_count(_root(app) / (doc + ".ipynb")) or exercise_count(_root(app) / (doc + ".md"))
+        rows.append([_link(app, docname, doc, title), *cells, str(exercises), where])
     intro = nodes.paragraph(text=(
         "Wall time of each notebook's execution per tier. Budgets: ci "
         f"{budgets['ci']} s and default {budgets['default']} s on 2 CPU cores, gpu {budgets['gpu']} s "
         "on one H100. The ci times come from the test suite, the default times from the book build, "
-        "the gpu times from a run on a GPU host."))
-    return [intro, _table(["Notebook", "ci", "default", "gpu", "Measured on"], rows)]
+        "the gpu times from a run on a GPU host. Exercises: how many the page sets (each with its "
+        "solution folded under it)."))
+    return [intro, _table(["Notebook", "ci", "default", "gpu", "Exercises", "Measured on"], rows)]
 
 
 def _part_table(app: Sphinx, docname: str, part: str) -> list[nodes.Node]:

@@ -44,6 +44,24 @@ def test_runtime_table_lists_every_notebook(built_book_html) -> None:
 def test_papers_page_lists_all_papers(built_book_html) -> None:
     page = text_of(built_book_html / "book" / "papers.html")
     assert "82 papers" in page
+    links = set(re.findall(r'href="references\.html#(cite-[\w-]+)"',
+                           (built_book_html / "book" / "papers.html").read_text()))
+    anchors = set(re.findall(r'id="(cite-[\w-]+)"', (built_book_html / "book" / "references.html").read_text()))
+    assert len(links) == 82 and links <= anchors, sorted(links - anchors)
+
+
+def test_claims_page_lists_sanity_checks_apart(built_book_html) -> None:
+    page = text_of(built_book_html / "book" / "claims.html")
+    kinds = {c.get("kind", "paper") for nb in _book.toc_notebooks()
+             for c in json.loads(_book.claims_record(nb, "ci").read_text())["claims"]}
+    assert "sanity" in kinds, "chapter 00 records a sanity check"
+    assert re.search(r"Sanity checks \(\d+\)", page) and re.search(r"Claims \(\d+\)", page)
+
+
+def test_exercises_are_numbered_and_solutions_folded(built_book_html) -> None:
+    html_text = (built_book_html / "chapters" / "00_how_this_book_runs" / "01_how_this_book_runs.html").read_text()
+    assert len(re.findall(r'<div class="exercise admonition"', html_text)) >= 2
+    assert len(re.findall(r'<div class="solution dropdown admonition"', html_text)) >= 2
 
 
 def test_executed_outputs_are_in_the_pages(built_book_html) -> None:
