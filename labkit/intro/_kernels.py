@@ -25,7 +25,7 @@ def _scaled_add_kernel(x_ptr, y_ptr, out_ptr, alpha, n_elements,
     pid = tl.program_id(axis=0)
     # arange gives the vector [0, 1, ..., BLOCK_SIZE - 1]: a whole block of
     # lanes at once (BLOCK_SIZE is a compile-time constant, a power of two).
-    # Program pid owns elements pid * BLOCK_SIZE up to the next block's start.
+    # Program pid covers the block that starts at element pid * BLOCK_SIZE.
     offsets = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     # The last block may run past the end of the tensor: mask switches those
     # lanes off, so their loads read nothing and their stores write nothing.

@@ -8,8 +8,8 @@ there too, so nothing in the checkout or the home folder changes. Debian's chrom
 Playwright, opens the notebook, runs every cell from the Run menu, then moves the ``BLOCK_SIZE``
 slider of the section's interactive control with the keyboard and checks that the kernel
 recomputed the report beside it (the launch grid of the new block size, computed here with
-labkit). JupyterLab serves all its assets itself: any request that leaves the server is aborted
-and fails the test.
+labkit, and the time the notebook measured for it). JupyterLab serves all its assets itself:
+any request that leaves the server is aborted and fails the test.
 
 A screenshot goes to ``<repo>/_build/screenshots/jupyterlab__00_how_this_book_runs.png``.
 """
@@ -195,6 +195,9 @@ def _expected_programs(report: str, block: int) -> int:
     return launch_grid(int(m.group(1).replace(",", "")), block_size=block).programs
 
 
+MEASURED = re.compile(r"measured [\d.]+ (?:s|ms|µs|ns) per call")
+
+
 def _drive(page, server: LabServer, notebook: Path, t0: float) -> tuple[dict, dict, dict[str, float]]:
     """Open the notebook, run every cell, move the slider: the report before and after, and times."""
     times = {}
@@ -277,8 +280,10 @@ def test_widget_recomputes_live_in_jupyterlab(lab_server: LabServer) -> None:
           + f"; {before['report']!r} -> {after['report']!r}; screenshot {shot}")
     assert f"BLOCK_SIZE={block}" in before["report"], before
     assert f"{_expected_programs(before['report'], block)} programs" in before["report"], before
+    assert MEASURED.search(before["report"]), before
     assert moved > block, f"ArrowRight moved the slider from {block} to {moved}"
     assert f"BLOCK_SIZE={moved}" in after["report"], after
     assert f"{_expected_programs(after['report'], moved)} programs" in after["report"], after
+    assert MEASURED.search(after["report"]), after
     assert not page_errors, f"JavaScript errors in JupyterLab: {page_errors}"
     assert not left_server, f"requests that left the JupyterLab server (blocked): {left_server}"
