@@ -39,8 +39,9 @@ the last level needs only the generate update: 2 n), and one round to convert th
 arithmetic share (n). The dealer sends 3 words per AND of n words, 5 per level with two
 ANDs sharing a left operand, and 2 per converted bit (its XOR and its additive share).
 
-What the miniature leaves out: compressing dealer traffic with seeds (a PRG seed shared
-with the dealer replaces one party's triple shares, halving it), sending single bits as bits
+What the miniature leaves out: compressing dealer traffic with seeds (a PRG seed that the
+dealer draws privately and sends to one party once, a logged message, replaces that party's
+triple shares, halving the dealer's traffic), sending single bits as bits
 (we send them in 64-bit words), and latency/bandwidth numbers for a real network.
 
 Shapes: ``shape_x``, ``shape_y`` are tensor shapes; ``n`` counts elements.

@@ -62,16 +62,18 @@ def test_private_runs_differ_and_only_the_insecure_seed_reproduces() -> None:
     a = mpc.run(prog, inputs={0: x}, keep_payloads=True)
     b = mpc.run(prog, inputs={0: x}, keep_payloads=True)
     assert a.secure and b.secure and a.log.secure and a.log.select(kind="open").secure
-    assert torch.equal(a.output[1], b.output[1])  # the same result ...
+    ulp = 2.0**-mpc.DEFAULT_FRAC_BITS
+    assert float((a.output[1] - b.output[1]).abs().max()) <= 2 * ulp  # the same result up to truncation's unit ...
     assert not torch.equal(a.output[0], b.output[0])  # ... from fresh shares
-    assert not any(torch.equal(m.payload, n.payload) for m, n in zip(a.log.messages, b.log.messages))
+    words = [(m, n) for m, n in zip(a.log.messages, b.log.messages) if "b2a" not in m.scope]  # B2A opens masked bits
+    assert len(words) > 10 and not any(torch.equal(m.payload, n.payload) for m, n in words)
     c = mpc.run(prog, inputs={0: x}, insecure_seed=4, keep_payloads=True)
     d = mpc.run(prog, inputs={0: x}, insecure_seed=4, keep_payloads=True)
     e = mpc.run(prog, inputs={0: x}, insecure_seed=5)
     assert not c.secure and not c.log.secure and not e.secure
     assert all(torch.equal(m.payload, n.payload) for m, n in zip(c.log.messages, d.log.messages))
     assert torch.equal(c.output[0], d.output[0]) and not torch.equal(c.output[0], e.output[0])
-    assert torch.equal(c.output[1], a.output[1])
+    assert float((c.output[1] - a.output[1]).abs().max()) <= 2 * ulp
     with pytest.raises(TypeError):
         mpc.run(prog, inputs={0: x}, seed=4)  # the old public seed is gone
     with pytest.raises(ValueError, match="insecure_seed"):
