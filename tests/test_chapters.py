@@ -52,6 +52,34 @@ class TestNotebookContract:
         assert colab, "a Colab install cell (no-op outside Colab)"
         assert f"labkit @ git+{REPO_URL}" in colab[0], f"the Colab cell installs from {REPO_URL} (_config.yml)"
 
+    def test_colab_cell_raises_when_the_install_fails(self, nb: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Run the cell as Colab would (a google.colab module present) with pip failing: the cell
+        must raise with pip's message, not succeed and leave the next cell to fail on the import.
+        Outside Colab the same cell does nothing."""
+        import subprocess
+        import sys
+        import types
+
+        cell = next(source(c) for c in cells(nb) if "google.colab" in source(c))
+        calls: list[list[str]] = []
+
+        def failing_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+            calls.append(cmd)
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: could not clone the repository")
+
+        monkeypatch.setattr(subprocess, "run", failing_pip)
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+        exec(compile(cell, "colab-cell", "exec"), {})  # not on Colab: nothing runs
+        assert calls == []
+        google = types.ModuleType("google")
+        google.colab = types.ModuleType("google.colab")  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "google", google)
+        monkeypatch.setitem(sys.modules, "google.colab", google.colab)  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError, match=r"(?s)installing labkit failed.*could not clone"):
+            exec(compile(cell, "colab-cell", "exec"), {})
+        assert calls and calls[0][1:4] == ["-m", "pip", "install"]
+
     def test_no_outputs(self, nb: Path) -> None:
         dirty = [i for i, c in enumerate(cells(nb)) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
         assert not dirty, f"commit notebooks without outputs (cells {dirty})"
