@@ -20,7 +20,7 @@ Asking for an unknown backend raises ``ValueError``; asking for ``"triton"`` whe
 run raises :class:`BackendUnavailable`. On a CPU-only machine ``backend="triton"`` runs the
 kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before they were imported
 (``auto`` never picks the interpreter: it is 10^4-10^5 times slower than compiled code).
-Taught in chapter 00, "How this book runs".
+Section: chapter 00, "How this book runs".
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every notebook has a ``tier`` parameter: ``"ci"`` (the test suite: about 30 s on
 ``"default"`` (what the built book shows: at most 2 minutes on 2 cores) and ``"gpu"`` (larger,
 runs the Triton kernels: at most 5 minutes on one H100). :func:`tier_config` validates the
 tier, picks that tier's sizes and the device, so a notebook never edits sizes by hand.
-Taught in chapter 00, "How this book runs".
+Section: chapter 00, "How this book runs".
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ so that it compares with the link's bandwidth whatever n is: ``busbw = algbw * 2
 for all-reduce and ``algbw * (n - 1) / n`` for reduce-scatter, all-gather and all-to-all (the
 convention of NVIDIA's nccl-tests).
 
-Shapes: n ranks (``world_size``), S bytes per rank. Taught in chapter 11, section "Collectives
-from send/recv".
+Shapes: n ranks (``world_size``), S bytes per rank.
+Section: chapter 11, "Collectives from send/recv".
 """
 
 from __future__ import annotations
