@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from labkit import artifacts
 from labkit.artifacts import (COMMITTED_DIR, FORBID_TRAINING_ENV, MANIFEST_NAME, MAX_COMMITTED_BYTES,
                               CommittedWeightsError, TrainingForbiddenError, artifact_key, load_or_train, state_shapes,
                               watch)
+from labkit.data.corpus import TextCorpus, stdlib_corpus
+from labkit.lm import GPTConfig, TrainConfig, pretrained_gpt, tiny_gpt_recipe
 
 
 @pytest.fixture
@@ -256,3 +262,122 @@ def test_state_shapes() -> None:
     assert shapes == {"weight": torch.Size([2, 3]), "bias": torch.Size([2])}
     with pytest.raises(TypeError, match="model"):
         state_shapes({"w": torch.ones(1)})  # type: ignore[arg-type]
+
+
+# --- the Python version does not enter the tiny GPT's key ----------------------------------------------------
+
+def _toy_corpus(fill: int, source: str) -> TextCorpus:
+    data = torch.arange(600, dtype=torch.int64).add(fill).remainder(256).to(torch.uint8)
+    return TextCorpus(train=data[:500], val=data[500:], files_train=(f"a{fill}.py",), files_val=(f"b{fill}.py",),
+                      source=source)
+
+
+def test_the_gpt_key_names_how_the_corpus_was_built(cache: Path, one_thread) -> None:
+    cfg = GPTConfig(n_layer=1, d_model=16, n_head=2, block_size=8, ffn="dense", d_ff=32)
+    recipe = TrainConfig(steps=2, batch_size=2, eval_every=2, eval_batches=1)
+    with watch() as events:
+        pretrained_gpt(cfg, _toy_corpus(0, "made the same way"), recipe, progress=False, verbose=False)
+        pretrained_gpt(cfg, _toy_corpus(7, "made the same way"), recipe, progress=False, verbose=False)
+        pretrained_gpt(cfg, _toy_corpus(7, ""), recipe, progress=False, verbose=False)
+    assert [e.source for e in events] == ["trained", "cache", "trained"], "other bytes, same recipe: same weights"
+    assert events[0].fields["corpus"] == "made the same way" and "files" not in events[0].fields
+    source = stdlib_corpus().source
+    assert source.startswith("stdlib_corpus(") and platform.python_version() not in source
+
+
+# --- the committed lab animals -------------------------------------------------------------------------------
+
+def _load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("labkit_make_weights", ROOT / "tools" / "make_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOT = Path(__file__).resolve().parents[1]
+make_weights = _load_tool()
+ANIMALS = {a.label: a for a in make_weights.catalogue()}
+MANIFEST = json.loads((COMMITTED_DIR / MANIFEST_NAME).read_text()) if (COMMITTED_DIR / MANIFEST_NAME).exists() else {}
+FILES = {entry["label"]: (name, entry) for name, entry in MANIFEST.get("files", {}).items()}
+
+
+def test_every_animal_has_one_committed_file_in_the_manifest() -> None:
+    files = MANIFEST.get("files", {})
+    on_disk = {p.name for p in COMMITTED_DIR.glob("*.pt")}
+    assert on_disk == set(files), "labkit/weights and its manifest disagree: run python3 tools/make_weights.py"
+    assert sorted(FILES) == sorted(ANIMALS), "the catalogue changed: run python3 tools/make_weights.py"
+    for name, entry in files.items():
+        size = (COMMITTED_DIR / name).stat().st_size
+        assert size == entry["bytes"] <= MAX_COMMITTED_BYTES, name
+        assert name.startswith(entry["name"] + "-") and name == f"{artifact_key(entry['name'], entry['fields'])}.pt"
+
+
+def _load_committed(animal, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.nn.Module, Path]:
+    monkeypatch.setenv(FORBID_TRAINING_ENV, "1")  # it must come from the committed file
+    with watch() as events:
+        model = animal.load()
+    monkeypatch.delenv(FORBID_TRAINING_ENV)
+    assert events[-1].source == "committed", events
+    return model, events[-1].path
+
+
+@pytest.mark.parametrize("label", [a.label for a in ANIMALS.values() if a.tier == "ci"])
+def test_ci_weights_retrain_to_the_committed_quality(label: str, cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     one_thread) -> None:
+    animal, (name, entry) = ANIMALS[label], FILES[label]
+    model, path = _load_committed(animal, monkeypatch)
+    assert path.name == name, "the recipe's key is the committed file's"
+    committed = animal.quality(model)
+    assert animal.within(committed, entry["value"]), f"{animal.metric} {committed:.4f}, recorded {entry['value']:.4f}"
+    retrained = animal.quality(animal.retrain())
+    assert animal.within(retrained, committed), (
+        f"{label}: retrained {animal.metric} {retrained:.4f}, committed {committed:.4f} (tolerance {animal.tolerance})")
+
+
+@pytest.mark.parametrize("label", [a.label for a in ANIMALS.values() if a.tier == "default"])
+def test_default_weights_load_with_their_recorded_quality(label: str, cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          one_thread) -> None:
+    animal, (name, entry) = ANIMALS[label], FILES[label]
+    model, path = _load_committed(animal, monkeypatch)
+    assert path.name == name, "the recipe's key is the committed file's"
+    measured = animal.quality(model)
+    assert animal.within(measured, entry["value"]), f"{animal.metric} {measured:.4f}, recorded {entry['value']:.4f}"
+
+
+def test_a_changed_recipe_names_the_stale_committed_file(cache: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(artifacts, "_stale_noticed", set())
+    monkeypatch.setenv(FORBID_TRAINING_ENV, "1")
+    cfg, recipe = tiny_gpt_recipe("ci")
+    with pytest.raises(TrainingForbiddenError):
+        pretrained_gpt(cfg, stdlib_corpus(), replace(recipe, steps=recipe.steps - 1), progress=False)
+    out = capsys.readouterr().out
+    name, _ = FILES["tiny GPT: tiny_gpt_recipe (ci)"]
+    assert f"the closest, {name} (tiny GPT: tiny_gpt_recipe (ci)), differs in train.steps: 150 -> 149" in out, out
+    assert "python3 tools/make_weights.py" in out
+
+
+# --- a cold run of a ci notebook trains nothing --------------------------------------------------------------
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook, animals", [
+    ("chapters/05_routing/01_topk_routing.ipynb", ["tiny_gpt"]),
+    ("chapters/09_diffusion_acceleration/01_sampling_time.ipynb", ["tiny_ddpm", "digit_classifier"]),
+])
+def test_a_cold_ci_notebook_trains_nothing(notebook: str, animals: list[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import papermill as pm
+
+    path = ROOT / notebook
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))  # a fresh machine: an empty cache
+    monkeypatch.setenv("LABKIT_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setenv(FORBID_TRAINING_ENV, "1")  # any training raises in the notebook
+    out = tmp_path / path.name
+    pm.execute_notebook(str(path), str(out), parameters={"tier": "ci"}, kernel_name="python3", cwd=str(path.parent),
+                        progress_bar=False, log_output=False)
+    text = "".join("".join(o.get("text", "")) for cell in json.loads(out.read_text())["cells"]
+                   for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    for name in animals:
+        assert f"{name}: loaded committed weights" in text, text[:2000]
+    assert "trained and cached" not in text and "no committed weights match" not in text
+    assert not list((tmp_path / "cache").rglob("weights/**/*.pt")), "nothing was written to the weights cache"
