@@ -259,7 +259,7 @@ def _move_aside(path: Path, name: str, reason: str) -> None:
         os.replace(path, aside)
     except FileNotFoundError:  # already gone
         return
-    print(f"{name}: the cached weights {path} are unusable: {reason}. Moved aside to {aside.name}; retraining.")
+    print(f"{name}: the cached weights {path} are unusable:\n  {reason}.\n  Moved aside to {aside.name}; retraining.")
 
 
 def _load_cached(path: Path, name: str, expected: Mapping[str, tuple[int, ...] | None] | None, *,
@@ -291,7 +291,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def _notice_stale(name: str, stem: str, fields: Mapping[str, Any], folder: Path) -> None:
     """Once per (folder, name): no committed file matches, but others of this animal exist."""
     pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}\.pt")
-    others = sorted(p.name for p in folder.glob(f"{name}-*.pt") if pattern.fullmatch(p.name)) if folder.is_dir() else []
+    others = sorted(p.name for p in folder.glob(f"{name}-*.pt") if pattern.fullmatch(p.name))
     if not others or (str(folder), name) in _stale_noticed:
         return
     _stale_noticed.add((str(folder), name))
@@ -310,14 +310,17 @@ def _notice_stale(name: str, stem: str, fields: Mapping[str, Any], folder: Path)
                 for k in sorted(set(mine) | set(theirs)) if mine.get(k, "(absent)") != theirs.get(k, "(absent)")]
         if diffs is None or len(diff) < len(diffs):
             closest, diffs = file, diff
-    where = f"the closest, {closest}"
-    if diffs is not None:
+    lines = [f"{name}: no committed weights match this recipe ({stem}.pt);",
+             f"  {folder} holds {len(others)} other {name} file(s)."]
+    if diffs is None:  # no manifest to compare with
+        lines.append(f"  One of them is {closest}.")
+    else:
         label = manifest[closest].get("label")
-        where += f" ({label})" if label else ""
-        where += f", differs in {'; '.join(diffs[:4])}" + (f" and {len(diffs) - 4} more fields" if len(diffs) > 4 else "")
-    print(f"{name}: no committed weights match this recipe ({stem}.pt); {folder} holds {len(others)} other "
-          f"{name} file(s) and {where}. If the recipe of a committed animal changed, its committed weights are "
-          "stale: regenerate them with `python3 tools/make_weights.py`. Using the cache or training instead.")
+        lines.append(f"  The closest, {closest}{f' ({label})' if label else ''}, differs in")
+        lines += [f"    {d}" for d in diffs[:4]] + ([f"    and {len(diffs) - 4} more fields"] if len(diffs) > 4 else [])
+    lines += ["  If the recipe of a committed animal changed, its committed weights are stale:",
+              "  regenerate them with `python3 tools/make_weights.py`. Using the cache or training now."]
+    print("\n".join(lines))
 
 
 def load_or_train(name: str, fields: Mapping[str, Any], train: Callable[[], State], *,

@@ -222,7 +222,8 @@ def test_forbidding_training(cache: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert torch.equal(load_or_train("toy", {"x": 5}, _good_state, committed_dir=tmp_path / "none")["b"], torch.ones(2))
 
 
-def test_stale_committed_weights_are_reported_once(cache: Path, tmp_path: Path, capsys) -> None:
+def test_stale_committed_weights_are_reported_once(cache: Path, tmp_path: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     committed = tmp_path / "committed"
     committed.mkdir()
     old = {"cfg": {"d": 4}, "train": {"steps": 10}, "seed": 0}
@@ -245,6 +246,10 @@ def test_stale_committed_weights_are_reported_once(cache: Path, tmp_path: Path, 
     assert "no committed weights match" not in capsys.readouterr().out, "said once per animal"
     load_or_train("other", {**old, "seed": 1}, train, committed_dir=committed)
     assert "no committed weights match" not in capsys.readouterr().out, "only for animals with committed files"
+    (committed / MANIFEST_NAME).unlink()
+    monkeypatch.setattr(artifacts, "_stale_noticed", set())  # a fresh process
+    load_or_train("toy", {**old, "seed": 2}, train, committed_dir=committed)
+    assert f"One of them is {old_file}." in capsys.readouterr().out, "without a manifest: which file exists"
 
 
 def test_watch_records_where_weights_came_from(cache: Path, tmp_path: Path) -> None:
@@ -353,7 +358,8 @@ def test_a_changed_recipe_names_the_stale_committed_file(cache: Path, monkeypatc
         pretrained_gpt(cfg, stdlib_corpus(), replace(recipe, steps=recipe.steps - 1), progress=False)
     out = capsys.readouterr().out
     name, _ = FILES["tiny GPT: tiny_gpt_recipe (ci)"]
-    assert f"the closest, {name} (tiny GPT: tiny_gpt_recipe (ci)), differs in train.steps: 150 -> 149" in out, out
+    closest = f"The closest, {name} (tiny GPT: tiny_gpt_recipe (ci)), differs in\n    train.steps: 150 -> 149\n"
+    assert closest in out, out
     assert "python3 tools/make_weights.py" in out
 
 

@@ -150,7 +150,8 @@ def _gpt(label: str, tier: str, cfg: GPTConfig, recipe: TrainConfig, *, seed: in
          multilanguage: bool = False) -> Animal:
     return Animal(
         label=f"{label} ({tier})", tier=tier,
-        load=lambda: pretrained_gpt(cfg, _corpus(multilanguage), recipe, seed=seed, progress=False, verbose=False).model,
+        load=lambda: pretrained_gpt(cfg, _corpus(multilanguage), recipe, seed=seed, progress=False,
+                                    verbose=False).model,
         retrain=lambda: train_gpt(cfg, _corpus(multilanguage), recipe, seed=seed, progress=False).model,
         quality=functools.partial(gpt_val_loss, multilanguage=multilanguage),
         metric="val_loss", tolerance=GPT_TOLERANCE)
