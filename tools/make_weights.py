@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -75,9 +76,13 @@ class Animal:
         retrain: trains it afresh from the same recipe, bypassing every file; returns the model.
         quality: the animal's own measure of a model.
         metric: what ``quality`` returns.
-        tolerance: how far a retrained model's quality (or the quality measured on another
-            machine) may be from the committed one's.
-        relative: ``tolerance`` is a fraction of the committed quality, not an absolute difference.
+        tolerance: how far a retrained model's quality may be from the committed one's.
+        recorded_tolerance: how far the committed file's quality, measured again, may be from
+            the value in the manifest (other CPUs and torch versions round differently).
+        other_data_tolerance: both, when the local data differ from the data the file was
+            trained and measured on (the tiny GPT's corpus is this Python's standard library);
+            None for an animal whose data are the same everywhere.
+        relative: the tolerances are fractions of the reference, not absolute differences.
     """
 
     label: str
@@ -87,31 +92,52 @@ class Animal:
     quality: Callable[[torch.nn.Module], float]
     metric: str
     tolerance: float
+    recorded_tolerance: float
+    other_data_tolerance: float | None = None
     relative: bool = False
 
-    def within(self, value: float, reference: float) -> bool:
-        """Whether ``value`` is within the tolerance of ``reference`` (the committed quality)."""
-        return abs(value - reference) <= self.tolerance * (abs(reference) if self.relative else 1.0)
+    def within(self, value: float, reference: float, *, recorded: bool = False, same_data: bool = True) -> bool:
+        """Whether ``value`` is close enough to ``reference``: the committed quality (a retrained
+        model's ``value``) or, with ``recorded``, the manifest's (the committed file's ``value``)."""
+        tol = self.recorded_tolerance if recorded else self.tolerance
+        if not same_data and self.other_data_tolerance is not None:
+            tol = self.other_data_tolerance
+        return abs(value - reference) <= tol * (abs(reference) if self.relative else 1.0)
 
 
 # --- quality measures ------------------------------------------------------------------------------------------
 
-#: GPT: validation loss of a retrained model within this many nats/byte of the committed one's.
-#: Measured at ci on the notebooks' 8 x 32 windows: seeds 0-3 of a recipe spread by 0.074 (dense) and
-#: 0.073 (MoE) nats/byte, and one model's loss moves by 0.075 between draws of windows (as on another
-#: Python, whose standard library gives other validation text); :func:`gpt_val_loss` uses 32 x 32.
-GPT_TOLERANCE = 0.1
-#: DDPM: held-out denoising loss within this fraction of the committed one's. Measured at ci: seeds 0-3
-#: give 0.0876-0.0900, a spread of 2.7 %.
-DDPM_TOLERANCE = 0.08
-#: Classifier: held-out accuracy within this (absolute). Measured: seeds 0-3 give 0.975-0.989 (spread 0.014).
-CLASSIFIER_TOLERANCE = 0.03
+#: GPT, nats/byte. A retrained model vs the committed one: seeds 0-3 of a ci recipe spread by 0.074
+#: (dense) and 0.073 (MoE) on the notebooks' 8 x 32 windows; the same seed on the same machine gives
+#: the same weights (difference 0; 2e-4 for the float16 files). Measured again vs recorded: rounding
+#: only. On another Python the corpus is other text: on 3.12 (torch 2.14) the committed files measured
+#: up to 0.096 from the values recorded on 3.11, and ci retrains landed 0.09 below the committed ones.
+GPT_TOLERANCE, GPT_RECORDED_TOLERANCE, GPT_OTHER_CORPUS_TOLERANCE = 0.1, 0.005, 0.2
+#: DDPM, fraction of the committed loss: seeds 0-3 at ci give 0.0876-0.0900 (a 2.7 % spread); measured
+#: again on Python 3.12 and torch 2.14, the committed files' loss moved by 4e-7.
+DDPM_TOLERANCE, DDPM_RECORDED_TOLERANCE = 0.08, 0.001
+#: Classifier, accuracy: seeds 0-3 give 0.975-0.989 (a spread of 0.014); measured again: two of the 360
+#: held-out digits may flip.
+CLASSIFIER_TOLERANCE, CLASSIFIER_RECORDED_TOLERANCE = 0.03, 2 / 360
 
 
 @functools.lru_cache(maxsize=None)
 def _corpus(multilanguage: bool) -> Any:
     corpus = stdlib_corpus()
     return multilanguage_corpus(corpus) if multilanguage else corpus
+
+
+def corpus_fingerprint() -> str:
+    """A hash of this Python's standard-library corpus (both splits): equal where the text is."""
+    corpus = _corpus(False)
+    digest = hashlib.sha256(corpus.train.numpy().tobytes())
+    digest.update(corpus.val.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def same_corpus(manifest: dict) -> bool:
+    """Whether the local corpus is the one the committed GPTs were trained and measured on."""
+    return manifest.get("made_with", {}).get("stdlib_corpus") == corpus_fingerprint()
 
 
 def gpt_val_loss(model: torch.nn.Module, *, multilanguage: bool = False) -> float:
@@ -154,7 +180,8 @@ def _gpt(label: str, tier: str, cfg: GPTConfig, recipe: TrainConfig, *, seed: in
                                     verbose=False).model,
         retrain=lambda: train_gpt(cfg, _corpus(multilanguage), recipe, seed=seed, progress=False).model,
         quality=functools.partial(gpt_val_loss, multilanguage=multilanguage),
-        metric="val_loss", tolerance=GPT_TOLERANCE)
+        metric="val_loss", tolerance=GPT_TOLERANCE, recorded_tolerance=GPT_RECORDED_TOLERANCE,
+        other_data_tolerance=GPT_OTHER_CORPUS_TOLERANCE)
 
 
 def _ddpm(label: str, tier: str, cfg: UNetConfig) -> Animal:
@@ -167,7 +194,7 @@ def _ddpm(label: str, tier: str, cfg: UNetConfig) -> Animal:
     return Animal(label=f"{label} ({tier})", tier=tier,
                   load=lambda: pretrained_ddpm(cfg, recipe, seed=0, progress=False, verbose=False).model,
                   retrain=retrain, quality=heldout_denoising_loss, metric="heldout_denoising_loss",
-                  tolerance=DDPM_TOLERANCE, relative=True)
+                  tolerance=DDPM_TOLERANCE, recorded_tolerance=DDPM_RECORDED_TOLERANCE, relative=True)
 
 
 def _chapter05(tier: str) -> list[Animal]:
@@ -227,7 +254,8 @@ def catalogue() -> list[Animal]:
     # chapters 09 and 10 judge samples with it; it has no tiers
     animals.append(Animal(label="digit classifier", tier="ci", load=lambda: pretrained_classifier(verbose=False).model,
                           retrain=lambda: _train_classifier(0, 30)[0], quality=heldout_accuracy,
-                          metric="heldout_accuracy", tolerance=CLASSIFIER_TOLERANCE))
+                          metric="heldout_accuracy", tolerance=CLASSIFIER_TOLERANCE,
+                          recorded_tolerance=CLASSIFIER_RECORDED_TOLERANCE))
     return animals
 
 
@@ -363,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
         files = {k: v for k, v in files.items() if k in keep}
     manifest = {"made_with": {"python": platform.python_version(), "torch": torch.__version__,
-                              "machine": platform.machine()},
+                              "machine": platform.machine(), "stdlib_corpus": corpus_fingerprint()},
                 "files": dict(sorted(files.items(), key=lambda kv: (kv[1]["tier"], kv[1]["label"])))}
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
     sizes = [p.stat().st_size for p in artifacts.COMMITTED_DIR.glob("*.pt")]
