@@ -68,11 +68,21 @@ def execute_ci(notebook: Path) -> Execution:
     out = EXECUTED / notebook.relative_to(ROOT)
     out.parent.mkdir(parents=True, exist_ok=True)
     claims_record(notebook, "ci").unlink(missing_ok=True)  # only this run's claims count
+    # A ci run trains no lab animal: its weights are committed (labkit/weights), so a notebook
+    # whose recipe drifted from them fails here instead of silently training for a minute.
+    forbid_before = os.environ.get("LABKIT_FORBID_TRAINING")
+    os.environ["LABKIT_FORBID_TRAINING"] = "1"
     t0 = time.perf_counter()
-    pm.execute_notebook(
-        str(notebook), str(out), parameters={"tier": "ci"}, kernel_name="python3",
-        cwd=str(notebook.parent), progress_bar=False, log_output=False,
-    )
+    try:
+        pm.execute_notebook(
+            str(notebook), str(out), parameters={"tier": "ci"}, kernel_name="python3",
+            cwd=str(notebook.parent), progress_bar=False, log_output=False,
+        )
+    finally:
+        if forbid_before is None:
+            del os.environ["LABKIT_FORBID_TRAINING"]
+        else:
+            os.environ["LABKIT_FORBID_TRAINING"] = forbid_before
     seconds = time.perf_counter() - t0
     record_runtime(notebook, "ci", seconds)
     return Execution(notebook, out, seconds)
