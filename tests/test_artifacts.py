@@ -333,15 +333,23 @@ def _load_committed(animal, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.nn.M
     return model, events[-1].path
 
 
-@pytest.mark.parametrize("label", [a.label for a in ANIMALS.values() if a.tier == "ci"])
-def test_ci_weights_retrain_to_the_committed_quality(label: str, cache: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     one_thread, same_corpus: bool) -> None:
+def _committed_quality(label: str, monkeypatch: pytest.MonkeyPatch, same_corpus: bool) -> float:
+    """Load the committed weights of ``label`` (its recipe's key must name the committed file) and
+    check the quality they reach against the one recorded in the manifest; return it."""
     animal, (name, entry) = ANIMALS[label], FILES[label]
     model, path = _load_committed(animal, monkeypatch)
     assert path.name == name, "the recipe's key is the committed file's"
-    committed = animal.quality(model)
-    assert animal.within(committed, entry["value"], recorded=True, same_data=same_corpus), (
-        f"{animal.metric} {committed:.4f}, recorded {entry['value']:.4f}")
+    measured = animal.quality(model)
+    assert animal.within(measured, entry["value"], recorded=True, same_data=same_corpus), (
+        f"{animal.metric} {measured:.4f}, recorded {entry['value']:.4f}")
+    return measured
+
+
+@pytest.mark.parametrize("label", [a.label for a in ANIMALS.values() if a.tier == "ci"])
+def test_ci_weights_retrain_to_the_committed_quality(label: str, cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     one_thread, same_corpus: bool) -> None:
+    animal = ANIMALS[label]
+    committed = _committed_quality(label, monkeypatch, same_corpus)
     retrained = animal.quality(animal.retrain())
     assert animal.within(retrained, committed, same_data=same_corpus), (
         f"{label}: retrained {animal.metric} {retrained:.4f}, committed {committed:.4f}")
@@ -350,12 +358,7 @@ def test_ci_weights_retrain_to_the_committed_quality(label: str, cache: Path, mo
 @pytest.mark.parametrize("label", [a.label for a in ANIMALS.values() if a.tier == "default"])
 def test_default_weights_load_with_their_recorded_quality(label: str, cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                           one_thread, same_corpus: bool) -> None:
-    animal, (name, entry) = ANIMALS[label], FILES[label]
-    model, path = _load_committed(animal, monkeypatch)
-    assert path.name == name, "the recipe's key is the committed file's"
-    measured = animal.quality(model)
-    assert animal.within(measured, entry["value"], recorded=True, same_data=same_corpus), (
-        f"{animal.metric} {measured:.4f}, recorded {entry['value']:.4f}")
+    _committed_quality(label, monkeypatch, same_corpus)
 
 
 def test_a_changed_recipe_names_the_stale_committed_file(cache: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -227,6 +227,17 @@ def where_cost(n_cond: int, n_branch: int | None = None, n_out: int | None = Non
     return mul_cost(n_cond, n_branch, n_out)
 
 
+def _reduced(fn: str, shape: tuple[int, ...], dim: int) -> tuple[int, int]:
+    """(length of the reduced dimension ``dim``, number of elements across the others)."""
+    total = _numel("shape", shape)
+    if len(shape) == 0:
+        raise ValueError(f"{fn}: shape must have at least one dimension")
+    d = check_int("dim", dim, -len(shape), len(shape) - 1)
+    if shape[d] < 1:
+        raise ValueError(f"{fn}: dimension {d} is empty")
+    return shape[d], total // shape[d]
+
+
 def max_cost(shape: tuple[int, ...], dim: int = -1) -> Cost:
     """Maximum along ``dim`` by a tree of comparisons: ceil(log2(size)) levels.
 
@@ -234,14 +245,7 @@ def max_cost(shape: tuple[int, ...], dim: int = -1) -> Cost:
     ``where``), carrying the odd element over; its cost is ``relu_cost(p * rest)`` where
     ``rest`` is the number of elements across the other dimensions.
     """
-    total = _numel("shape", shape)
-    if len(shape) == 0:
-        raise ValueError("max_cost: shape must have at least one dimension")
-    d = check_int("dim", dim, -len(shape), len(shape) - 1)
-    size = shape[d]
-    if size < 1:
-        raise ValueError(f"max_cost: dimension {d} is empty")
-    rest = total // size
+    size, rest = _reduced("max_cost", shape, dim)
     cost = Cost()
     while size > 1:
         pairs = size // 2
@@ -257,14 +261,7 @@ def argmax_cost(shape: tuple[int, ...], dim: int = -1) -> Cost:
     differences at once (value and index): ``msb_cost(p) + mul_cost(p, 2 p, 2 p)`` per level
     of ``p`` pairs, the same rounds as the maximum.
     """
-    total = _numel("shape", shape)
-    if len(shape) == 0:
-        raise ValueError("argmax_cost: shape must have at least one dimension")
-    d = check_int("dim", dim, -len(shape), len(shape) - 1)
-    size = shape[d]
-    if size < 1:
-        raise ValueError(f"argmax_cost: dimension {d} is empty")
-    rest = total // size
+    size, rest = _reduced("argmax_cost", shape, dim)
     cost = Cost()
     while size > 1:
         p = size // 2 * rest
