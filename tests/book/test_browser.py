@@ -128,19 +128,6 @@ def book_server(built_book_html):
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    """A headless Debian chromium driven by Playwright (never downloads a browser)."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is not installed (apt-get install -y chromium; .ci/run does it)"
-    from playwright import sync_api
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
 def asset_routes(browser_assets):
     root = Path(browser_assets)

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests import _book
-from tests.book.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+from tests.book.test_browser import CHROMIUM, SCREENSHOTS
 
 pytestmark = pytest.mark.book
 
@@ -233,9 +233,7 @@ def _drive(page, server: LabServer, notebook: Path, t0: float) -> tuple[dict, di
     return before, after, times
 
 
-def test_widget_recomputes_live_in_jupyterlab(lab_server: LabServer) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_widget_recomputes_live_in_jupyterlab(lab_server: LabServer, chromium) -> None:
     t0 = time.monotonic()
     server = lab_server
     spec = server.api("kernelspecs")["kernelspecs"]["python3"]["spec"]
@@ -258,21 +256,18 @@ def test_widget_recomputes_live_in_jupyterlab(lab_server: LabServer) -> None:
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / "jupyterlab__00_how_this_book_runs.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, service_workers="block")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(LOAD_TIMEOUT_MS)
+        page.on("pageerror", lambda exc: page_errors.append(f"{exc.name}: {exc.message}"))
+        page.route("**/*", only_the_server)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000}, service_workers="block")
-            page = context.new_page()
-            page.set_default_timeout(LOAD_TIMEOUT_MS)
-            page.on("pageerror", lambda exc: page_errors.append(f"{exc.name}: {exc.message}"))
-            page.route("**/*", only_the_server)
-            try:
-                before, after, times = _drive(page, server, notebook, t0)
-            finally:  # the state reached, also when a step failed
-                page.screenshot(path=str(shot))
-            context.close()
-        finally:
-            browser.close()
+            before, after, times = _drive(page, server, notebook, t0)
+        finally:  # the state reached, also when a step failed
+            page.screenshot(path=str(shot))
+    finally:
+        context.close()
 
     moved = int(after["readout"])
     block = int(before["readout"])
