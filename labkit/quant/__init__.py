@@ -18,7 +18,8 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 Section 01, "Quantization from first principles" (no paper of the list of its own):
 :mod:`~labkit.quant.quantizers` (symmetric and affine, per tensor, channel and group),
 :mod:`~labkit.quant.observers` (calibration ranges), :mod:`~labkit.quant.fakequant` (fake
-quantization of Linear/Conv2d) and :mod:`~labkit.quant.size` (bytes as stored).
+quantization of Linear/Conv2d) and :mod:`~labkit.quant.size` (bytes as stored);
+:mod:`~labkit.quant.report` lays out every section's sliders, tables and image grids.
 """
 
 from .bitstack import (BitStack, MatrixStack, ResidualBlock, bitstack_compress, decompose_matrix, input_rms,

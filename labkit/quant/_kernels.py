@@ -286,6 +286,7 @@ def _w4a4_kernel(
     xs_ptrs = xs_ptr + rows_in * stride_xsm
     ws_ptrs = ws_ptr + cols_in * stride_wsn
 
+    # show: start w4a4-groups
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, n_groups):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # this group's exact integer sums
@@ -307,7 +308,9 @@ def _w4a4_kernel(
         acc += part.to(tl.float32) * xs[:, None] * ws[None, :]
         xs_ptrs += stride_xsg
         ws_ptrs += stride_wsg
+    # show: end w4a4-groups
 
+    # show: start w4a4-lora
     if HAS_LORA:  # epilogue: + (x L1) L2, the 16-bit low-rank branch, on the same tile
         rr = tl.arange(0, BLOCK_R)
         d_ptrs = down_ptr + rows_in[:, None] * stride_dm + rr[None, :] * stride_dr  # (BLOCK_M, BLOCK_R)
@@ -322,6 +325,7 @@ def _w4a4_kernel(
                 acc = tl.dot(d, u, acc)
             d_ptrs += BLOCK_R * stride_dr
             u_ptrs += BLOCK_R * stride_ur
+    # show: end w4a4-lora
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols_in).to(tl.float32)[None, :]
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :] * stride_on,

@@ -6,10 +6,14 @@ Memory Environments*.
 Intuition. Quantization fixes the size of a model when it is compressed: a 3-bit model is a
 3-bit model. BitStack instead writes each weight matrix as a sum of residual blocks. Take the
 residual ``R`` (at first the weight itself), keep its signs as one bit per weight and
-approximate its magnitudes ``|R|`` by a rank-r product ``u v^T`` (a nonnegative matrix has a
-nonnegative top singular pair, so ``sign(R) * (u v^T)`` never moves an entry the wrong way);
-subtract that block and repeat. Each block costs about one bit per weight plus ``r (m + n)``
-half-precision numbers, and shrinks the residual. The blocks of *all* matrices are then
+approximate its magnitudes ``|R|`` by a rank-r product ``u v^T``; subtract that block
+``sign(R) * (u v^T)`` and repeat. A nonnegative matrix has a nonnegative top singular pair, so
+with r = 1 every block pushes each entry towards zero, but not always by the right amount: where
+``u_i v_j > 2 |R_ij|`` the entry overshoots and comes out larger in magnitude, with the other
+sign. What always falls is the Frobenius norm of the residual (up to the fp16 rounding of the
+vectors): ``||R - B|| = || |R| - u v^T ||``, and the best rank-1 approximation of ``|R|`` removes
+``sigma_1^2`` from its squared norm. Each block costs about one bit per weight plus ``r (m + n)``
+half-precision numbers. The blocks of *all* matrices are then
 sorted into one stack by importance; a device loads as many blocks from the top as its memory
 allows, and more blocks later when memory frees up, without ever recompressing.
 
@@ -143,16 +147,18 @@ def decompose_matrix(w: torch.Tensor, *, n_blocks: int, rank: int = 1,
     scale = scale.to(torch.float16)
     residual = w.detach().float().cpu() * scale.float()  # (m, n), W' = W diag(s)
     blocks = []
+    # show: start decompose
     for _ in range(n_blocks):
-        mag = residual.abs()
+        mag = residual.abs()  # |R|
         U, S, Vh = torch.linalg.svd(mag, full_matrices=False)
         root = S[:rank].sqrt()
-        u, v = U[:, :rank] * root, Vh[:rank].T * root  # (m, r), (n, r)
+        u, v = U[:, :rank] * root, Vh[:rank].T * root  # (m, r), (n, r): u v^T ~ |R|
         flip = torch.where(u.sum(0) < 0, -1.0, 1.0)  # the top pair of |R| is nonnegative up to a joint sign
         u, v = (u * flip).to(torch.float16), (v * flip).to(torch.float16)
-        block = ResidualBlock(signs=pack_signs(residual < 0), u=u, v=v, shape=(m, n))
-        residual = residual - block.dense()
+        block = ResidualBlock(signs=pack_signs(residual < 0), u=u, v=v, shape=(m, n))  # sign(R) as bits
+        residual = residual - block.dense()  # R <- R - sign(R) * (u v^T)
         blocks.append(block)
+    # show: end decompose
     return MatrixStack(blocks=tuple(blocks), scale=scale)
 
 

@@ -147,10 +147,12 @@ def calibration_steps(strategy: str, *, size: int, steps: int, n_train: int, mea
         return torch.full((N,), S - 1, dtype=torch.int64)
     if strategy == "uniform":
         return torch.linspace(0, S - 1, N, dtype=torch.float64).round().long()
+    # show: start normal
     z = torch.randn(N, generator=generator, dtype=torch.float64)
     t = (T * (mean + std * z)).round().clamp(0, T - 1)  # (N,) training steps, 0 = clean end
     visited = ddim_timesteps(T, S).double()  # (S,)
     return (t[:, None] - visited[None, :]).abs().argmin(dim=1)  # nearest visited step
+    # show: end normal
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ which is where outliers hurt: one large value stretches ``s`` for everything tha
 Sharing is what the *granularity* decides: one scale per tensor, per output channel (a row of a
 weight matrix) or per group of ``G`` consecutive values along the last dimension.
 
-Codes for ``b <= 4`` are stored two per byte by :mod:`labkit.quant.packing`; :class:`QTensor`
-reports its exact size in bytes (codes plus fp16 scales and zero points).
+4-bit codes are stored two per byte by :mod:`labkit.quant.packing` and 8-bit ones one per
+byte; :class:`QTensor` reports their size in bytes (codes plus fp16 scales and zero points). For
+other widths it reports the ideal ``ceil(N b / 8)`` bytes of a bit-packed format that labkit
+does not implement.
 
 Rounding uses a straight-through estimator (the gradient of ``round`` is taken as 1), so a
 fake-quantized model can be finetuned (QuEST, chapter 10 section 2).
@@ -158,6 +160,7 @@ def scale_zero(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> tuple[torch.T
         check_finite_tensor("lo", lo, op="scale_zero")
         check_finite_tensor("hi", hi, op="scale_zero")
         raise ValueError("every lo must be <= hi")
+    # show: start scale-zero
     q_min, q_max = code_range(spec.bits, spec.symmetric)
     if spec.symmetric:
         scale = torch.maximum(lo.abs(), hi.abs()) / q_max
@@ -167,6 +170,7 @@ def scale_zero(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> tuple[torch.T
         scale = (hi - lo) / (q_max - q_min)
         zero = torch.round(-lo / scale.clamp(min=1e-12))
     return scale.clamp(min=1e-12), zero
+    # show: end scale-zero
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -176,13 +180,15 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QSpec) -> torch.Tensor:
     """Integer codes of ``x`` (as float, rounded with STE) for per-slice ``scale``/``zero`` (S,)."""
+    # show: start quantize
     q_min, q_max = code_range(spec.bits, spec.symmetric)
-    g = _grouped(x, spec)
+    g = _grouped(x, spec)  # (S, values per slice): one row per scale
     if scale.numel() != g.shape[0] or zero.numel() != g.shape[0]:
         raise ValueError(f"{spec.granularity} quantization of shape {tuple(x.shape)} needs {g.shape[0]} scales, "
                          f"got {scale.numel()} scales and {zero.numel()} zero points")
     q = torch.clamp(round_ste(g / scale.reshape(-1, 1)) + zero.reshape(-1, 1), q_min, q_max)
     return _ungrouped(q, x, spec)
+    # show: end quantize
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QSpec) -> torch.Tensor:
@@ -247,8 +253,11 @@ class QTensor:
 
     @property
     def nbytes(self) -> int:
-        """Storage in bytes: ``ceil(N b / 8)`` for the codes (packed, two int4 per byte) plus fp16
-        scales, and fp16 zero points for affine formats. (The fake quantizer keeps its scales in
+        """Storage in bytes: ``ceil(N b / 8)`` for the codes plus fp16 scales, and fp16 zero
+        points for affine formats. For 4 and 8 bits this is what labkit stores (int4 packed two
+        per byte by :mod:`labkit.quant.packing`, int8 one per byte); for 2, 3, 5, 6 and 7 bits it
+        is an *ideal* count, as if the codes were bit-packed end to end, which labkit does not
+        do (it keeps them unpacked). (The fake quantizer keeps its scales in
         fp32; storing them in fp16 moves each by at most 2^-11 of itself.)"""
         code_bytes = -(-self.codes.numel() * self.spec.bits // 8)
         per_slice = _SCALE_BYTES * (1 if self.spec.symmetric else 2)

@@ -259,6 +259,7 @@ def selective_finetune(qmodel: nn.Module, teacher: nn.Module, calib: Calibration
     student.eval()  # no dropout or batch statistics to train; the wrappers stay in "quant" mode
     device = next(student.parameters()).device
     losses = []
+    # show: start distil
     for _ in range(steps):
         idx = torch.randint(0, len(calib), (min(batch_size, len(calib)),), generator=generator)  # (B,) on CPU
         y = None if calib.y is None else calib.y[idx].to(device)
@@ -271,6 +272,7 @@ def selective_finetune(qmodel: nn.Module, teacher: nn.Module, calib: Calibration
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    # show: end distil
     student.requires_grad_(False)
     return FinetuneResult(model=student, layers=tuple(layers), n_params=sum(p.numel() for p in params),
                           losses=tuple(losses))

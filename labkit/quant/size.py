@@ -1,7 +1,8 @@
 """How many bytes a (fake-)quantized model takes when stored for real.
 
 A wrapped layer's weight counts at its format's size (codes packed, plus fp16 scales and zero
-points: :attr:`labkit.quant.QTensor.nbytes`); every other parameter counts at ``float_bits``.
+points: :attr:`labkit.quant.QTensor.nbytes`, exact for 4 and 8 bits, an ideal bit-packed
+count for other widths); every other parameter counts at ``float_bits``.
 A tensor shared by two modules (the tiny GPT ties its embedding and output head) counts once,
 quantized if a wrapped layer holds it (one stored copy serves both).
 

@@ -17,8 +17,10 @@ has a much smaller range than ``W_hat``. The error of the layer is
 
     X W - (X_hat L1 L2 + Q(X_hat) Q(R)) = (X_hat - Q(X_hat)) R + Q(X_hat) (R - Q(R)):
 
-both the activation's and the weight's rounding errors are multiplied by the small ``R``
-instead of the whole weight, which is the bound the paper derives for its 4-bit branch.
+the activation's rounding error is multiplied by the small ``R`` instead of the whole weight,
+and the weight's rounding error is that of ``R``, ``R - Q(R)``, whose step is set by the small
+range of ``R`` rather than by that of ``W_hat``; it meets the (easy, smoothed) quantized input.
+The paper bounds the layer's error by these two terms.
 
 :func:`svdquant_layer` builds one :class:`SVDQuantLayer` from a ``nn.Linear`` or ``nn.Conv2d``
 and calibration inputs; :func:`svdquant_model` does it for a whole model. The four variants the
@@ -143,10 +145,12 @@ def low_rank_split(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch
         raise ValueError(f"weight must be (O, C) or (O, C, kh, kw), got shape {tuple(weight.shape)}")
     w2 = weight.detach().float().reshape(weight.shape[0], -1)  # (O, K) = W_hat^T
     check_int("rank", rank, 0, min(w2.shape))
+    # show: start split
     u, s, vh = torch.linalg.svd(w2, full_matrices=False)  # (O, m), (m,), (m, K)
     up = (u[:, :rank] * s[:rank]).half().float()  # L2^T = U_r S_r, (O, r)
     down = vh[:rank].half().float()  # L1^T = V_r^T, (r, K)
     residual = w2 - up @ down  # R = W_hat - L1 L2
+    # show: end split
     return up, down.reshape(rank, *weight.shape[1:]), residual.reshape(weight.shape)
 
 
@@ -180,10 +184,12 @@ class SVDQuantLayer(nn.Module):
             raise ValueError("SVDQuantLayer supports Conv2d with groups=1 and zero padding only")
         self.config = config
         self.conv_args = (module.stride, module.padding, module.dilation) if self.conv else None
+        # show: start build
         w_hat = scale_input_channels(module.weight.detach().float(), factors)  # W_hat = diag(lambda) W
         up, down, residual = low_rank_split(w_hat, config.rank)
         moved = residual.movedim(1, -1) if self.conv else residual  # (O, kh, kw, C): groups along C
-        self.residual_q: QTensor = quantize_tensor(moved, config.w_spec)
+        self.residual_q: QTensor = quantize_tensor(moved, config.w_spec)  # Q(R)
+        # show: end build
         residual_hat = self.residual_q.dequantize()
         self.register_buffer("smooth", factors.float().clone())
         self.register_buffer("up", up)
@@ -295,13 +301,16 @@ def svdquant_layer(module: nn.Module, inputs: torch.Tensor | None, *, config: SV
         return SVDQuantLayer(module, smoothing_factors(x_max, weight, alpha=config.alpha), config)
     check_int("search_rows", search_rows, 1)
     scored = inputs[:: -(-inputs.shape[0] // search_rows)]  # at most search_rows rows, spread over the data
+    # show: start alpha-search
     best, best_err = None, float("inf")
     for alpha in ALPHA_GRID:  # the migration strength with the least output error on the calibration inputs
-        layer = SVDQuantLayer(module, smoothing_factors(x_max, weight, alpha=alpha), replace(config, alpha=alpha))
+        lam = smoothing_factors(x_max, weight, alpha=alpha)  # lambda_j = max|X_j|^a / max|W_j|^(1-a)
+        layer = SVDQuantLayer(module, lam, replace(config, alpha=alpha))
         err = output_error(module, layer, scored)
         if err < best_err:
             best, best_err = layer, err
     return best
+    # show: end alpha-search
 
 
 def replace_layers(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
