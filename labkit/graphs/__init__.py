@@ -31,7 +31,13 @@ from .interactions import (
 )
 from .lightgcn import LightGCN, LightGCNConfig, bipartite_adjacency, train_lightgcn
 from .metrics import RankingMetrics, ranking_metrics
-from .propagation import cosine_similarity_by_group, gcn_adjacency, lightgcn_adjacency, propagate_layers
+from .propagation import (
+    cosine_similarity_by_group,
+    gcn_adjacency,
+    layer_to_layer_cosine,
+    lightgcn_adjacency,
+    propagate_layers,
+)
 from .sparse import row_chunks, segment_mean, segment_sum, spmm
 from .ultragcn import UltraGCN, UltraGCNConfig, train_ultragcn
 
@@ -55,6 +61,7 @@ __all__ = [
     "gcn_adjacency",
     "gcn_norm",
     "graphhash_buckets",
+    "layer_to_layer_cosine",
     "lightgcn_adjacency",
     "load_movielens_100k",
     "message_passing",

@@ -44,9 +44,11 @@ def _row_chunk_kernel(
     CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr,
     GATHER: tl.constexpr, WEIGHTED: tl.constexpr, MEAN: tl.constexpr,
 ):
+    # show: start work-item
     pid = tl.program_id(axis=0)  # work item
     pid_f = tl.program_id(axis=1)  # feature block
-    # Which nonzeros: an extra chunk of a long row, or the first chunk of row pid - n_extra.
+    # Which nonzeros: an extra chunk of a long row,
+    # or the first chunk of row pid - n_extra.
     if pid < n_extra:
         row = tl.load(extra_row_ptr + pid)
         start = tl.load(extra_start_ptr + pid).to(tl.int64)
@@ -56,7 +58,9 @@ def _row_chunk_kernel(
     row_start = tl.load(rowptr_ptr + row).to(tl.int64)
     row_end = tl.load(rowptr_ptr + row + 1).to(tl.int64)
     end = tl.minimum(start + CHUNK, row_end)
+    # show: end work-item
 
+    # show: start inner-loop
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_f = offs_f < n_features
     # (BLOCK_K, BLOCK_F) partial sums in float32, reduced over K once at the end
@@ -68,14 +72,15 @@ def _row_chunk_kernel(
             src = tl.load(col_ptr + offs_k, mask=mask_k, other=0).to(tl.int64)
         else:  # segment reduction: nonzero e is row e of x itself
             src = offs_k
+        mask = mask_k[:, None] & mask_f[None, :]
         x = tl.load(x_ptr + src[:, None] * stride_xm + offs_f[None, :] * stride_xf,
-                    mask=mask_k[:, None] & mask_f[None, :], other=0.0).to(tl.float32)
+                    mask=mask, other=0.0).to(tl.float32)
         if WEIGHTED:  # message val[e] * x[col[e]]
             w = tl.load(val_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
             x = x * w[:, None]
         acc += x
     total = tl.reduce(acc, 0, _add)  # (BLOCK_F,)
-    if MEAN:  # dividing each chunk's partial sum by the row length keeps the mean linear
+    if MEAN:  # dividing each chunk's partial sum by the row length: still linear
         total = total / tl.maximum(row_end - row_start, 1).to(tl.float32)
 
     out_ptrs = out_ptr + row.to(tl.int64) * stride_om + offs_f * stride_of
@@ -83,6 +88,7 @@ def _row_chunk_kernel(
         tl.atomic_add(out_ptrs, total, mask=mask_f, sem="relaxed")
     else:  # the only program of its row
         tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask_f)
+    # show: end inner-loop
 
 
 def _launch(x: torch.Tensor, ptr: torch.Tensor, col: torch.Tensor | None, val: torch.Tensor | None, *,
@@ -148,7 +154,7 @@ def spmm_triton(adj: torch.Tensor, x: torch.Tensor, *, plan: RowChunks | None = 
             and reused (``chunk_nnz`` is then ignored); built on every call when None.
         chunk_nnz: the most nonzeros one program sums (rows longer than this are split).
         block_k, block_f: nonzeros and features per tile (powers of two); block_f None picks
-            min(128, next power of two of F).
+            min(256, max(16, next power of two of F)): whole rows up to 256 features.
         num_warps: warps per program; None sizes it to the tile.
     """
     _check_spmm(adj, x)

@@ -6,9 +6,14 @@ they cause.
 - LightGCN layer (He et al., arXiv:2002.02126, eq. 7): ``E' = D^{-1/2} A D^{-1/2} E``, no weight,
   no non-linearity, no self-loop; the final embedding averages layers 0..K (eq. 8).
 
-Repeating the normalised product K times pulls every node's vector towards the dominant
-eigenvector of ``Â``: with enough layers all nodes of a connected graph point the same way
-(*over-smoothing*), which :func:`cosine_similarity_by_group` measures.
+Repeating the normalised product K times keeps only the eigenvectors of ``Â`` whose eigenvalues
+have modulus 1. With self-loops (GCN) the only one is the eigenvalue 1 of a connected graph, with
+eigenvector ``D^{1/2} 1``: with enough layers all nodes point the same way (*over-smoothing*),
+which :func:`cosine_similarity_by_group` measures. Without self-loops (LightGCN) a connected
+*bipartite* graph, such as a user-item graph, also has the eigenvalue -1, whose eigenvector is
+``D^{1/2} 1`` with the sign flipped on one side: the users settle on one direction, the items on
+another, and the two swap at every layer; :func:`layer_to_layer_cosine` shows the oscillation.
+(LightGCN's average over layers 0..K damps that part as 1/K.)
 
 Shapes: N nodes, F features, K layers.
 Section: chapter 01, "Message passing is a sparse matrix product".
@@ -20,7 +25,8 @@ import torch
 
 from .edges import gcn_norm, to_csr
 
-__all__ = ["cosine_similarity_by_group", "gcn_adjacency", "lightgcn_adjacency", "propagate_layers"]
+__all__ = ["cosine_similarity_by_group", "gcn_adjacency", "layer_to_layer_cosine", "lightgcn_adjacency",
+           "propagate_layers"]
 
 
 def gcn_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -79,3 +85,26 @@ def cosine_similarity_by_group(x: torch.Tensor, group: torch.Tensor) -> tuple[fl
     across_pairs = sizes.sum() ** 2 - (sizes**2).sum()
     across = (gram.sum() - gram.diagonal().sum()) / across_pairs
     return float(within), float(across)
+
+
+def layer_to_layer_cosine(layers: list[torch.Tensor]) -> list[float]:
+    """Mean over nodes of the cosine between a node's vectors at layers k and k + 1.
+
+    Near 1 once propagation has settled on a fixed direction per node; near -1 or 0 when the
+    directions keep swapping (the eigenvalue -1 of a bipartite graph without self-loops). Zero
+    vectors count as similarity 0.
+
+    Args:
+        layers: K + 1 >= 2 tensors (N, F), as returned by :func:`propagate_layers`.
+
+    Returns:
+        K floats, entry k for the pair of layers (k, k + 1).
+    """
+    if not isinstance(layers, (list, tuple)) or len(layers) < 2:
+        raise ValueError(f"layers must be a list of at least two (N, F) tensors, got {type(layers).__name__}"
+                         f" of length {len(layers) if isinstance(layers, (list, tuple)) else 'n/a'}")
+    shape = layers[0].shape
+    if len(shape) != 2 or any(h.shape != shape for h in layers):
+        raise ValueError(f"layers must all be (N, F) of one shape, got {[tuple(h.shape) for h in layers]}")
+    unit = [torch.nn.functional.normalize(h.double(), dim=1) for h in layers]
+    return [float((a * b).sum(1).mean()) for a, b in zip(unit[:-1], unit[1:])]

@@ -115,10 +115,13 @@ def constraint_weights(users: torch.Tensor, items: torch.Tensor, user_deg: torch
 
 def _beta(users: torch.Tensor, items: torch.Tensor, user_deg: torch.Tensor, item_deg: torch.Tensor) -> torch.Tensor:
     """:func:`constraint_weights` on ids already checked (no host sync: the training step uses it)."""
-    d_u = user_deg[users].clamp(min=1.0).reshape(users.shape + (1,) * (items.dim() - 1))  # broadcast over n
+    # show: start beta
+    d_u = user_deg[users].clamp(min=1.0)
+    d_u = d_u.reshape(users.shape + (1,) * (items.dim() - 1))  # broadcast over n
     d_i = item_deg[items]
     # Sec. 3.1: beta_{u,i} = 1/d_u * sqrt((d_u + 1) / (d_i + 1))
     return (d_u + 1).sqrt() / d_u / (d_i + 1).sqrt()
+    # show: end beta
 
 
 @dataclass(frozen=True)
@@ -326,27 +329,38 @@ def ultragcn_loss(model: UltraGCN, users: torch.Tensor, pos: torch.Tensor, neg: 
     if neg.dim() != 2 or pos.shape != users.shape or neg.shape[0] != users.shape[0]:
         raise ValueError(f"expected users (B,), pos (B,), neg (B, n); got {tuple(users.shape)}, "
                          f"{tuple(pos.shape)}, {tuple(neg.shape)}")
+    # show: start loss
     n_neg = neg.shape[1]
     use_items = cfg.item_weight > 0
-    # one gather for every item the batch scores: its positive, negatives and (with gamma) neighbours
-    cand = [pos.unsqueeze(1), neg] + ([graph.neighbours.index[pos]] if use_items else [])
-    e_u = F.embedding(users, model.user_embedding)               # (B, d)
-    e_c = F.embedding(torch.cat(cand, dim=1), model.item_embedding)  # (B, 1 + n [+ K], d)
-    scores = (e_c * e_u.unsqueeze(1)).sum(-1)                    # (B, 1 + n [+ K]); cheaper than bmm on CPU
-    pos_scores, neg_scores = scores[:, 0], scores[:, 1:1 + n_neg]
-    l_o = main_loss(pos_scores, neg_scores, neg_weight=cfg.neg_weight)
-    beta_pos = _beta(users, pos, graph.user_deg, graph.item_deg)
-    beta_neg = _beta(users, neg, graph.user_deg, graph.item_deg)
-    l_c = user_item_constraint_loss(pos_scores, neg_scores, beta_pos, beta_neg, neg_weight=cfg.neg_weight)
-    loss = l_o + cfg.constraint_weight * l_c
-    parts = {"L_O": l_o.detach(), "L_C": l_c.detach()}
+    # one gather for every item the batch scores: its positive, its negatives
+    # and (with gamma) the K neighbours of the positive
+    cand = [pos.unsqueeze(1), neg]
     if use_items:
-        l_i = item_item_constraint_loss(scores[:, 1 + n_neg:], graph.neighbours.weight[pos])
+        cand.append(graph.neighbours.index[pos])
+    e_u = F.embedding(users, model.user_embedding)  # (B, d)
+    # (B, 1 + n [+ K], d)
+    e_c = F.embedding(torch.cat(cand, dim=1), model.item_embedding)
+    # (B, 1 + n [+ K]); cheaper than bmm on CPU
+    scores = (e_c * e_u.unsqueeze(1)).sum(-1)
+    pos_scores, neg_scores = scores[:, 0], scores[:, 1:1 + n_neg]
+    w_neg = cfg.neg_weight
+    l_o = main_loss(pos_scores, neg_scores, neg_weight=w_neg)  # L_O
+    beta_pos = _beta(users, pos, graph.user_deg, graph.item_deg)  # (B,)
+    beta_neg = _beta(users, neg, graph.user_deg, graph.item_deg)  # (B, n)
+    l_c = user_item_constraint_loss(pos_scores, neg_scores, beta_pos,
+                                    beta_neg, neg_weight=w_neg)  # L_C
+    loss = l_o + cfg.constraint_weight * l_c  # L_O + lambda L_C
+    parts = {"L_O": l_o.detach(), "L_C": l_c.detach()}
+    if use_items:  # + gamma L_I, omega of the positive's neighbours
+        omega = graph.neighbours.weight[pos]  # (B, K)
+        l_i = item_item_constraint_loss(scores[:, 1 + n_neg:], omega)
         loss = loss + cfg.item_weight * l_i
         parts["L_I"] = l_i.detach()
     # L2 on the rows of the batch's users, positives and negatives
-    reg = (e_u.pow(2).sum() + e_c[:, :1 + n_neg].pow(2).sum()) / (2 * users.numel())
+    reg = e_u.pow(2).sum() + e_c[:, :1 + n_neg].pow(2).sum()
+    reg = reg / (2 * users.numel())
     return loss + cfg.l2 * reg, parts
+    # show: end loss
 
 
 def _update(model: UltraGCN, optimizer: torch.optim.Optimizer, train: torch.Tensor, idx: torch.Tensor,
