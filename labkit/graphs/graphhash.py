@@ -24,10 +24,15 @@ What this miniature implements:
   is the paper's "DoubleGraphHash" combination.
 - :func:`train_hashed_mf` (BPR, early stopping on validation Recall@K) and :func:`table_size`.
 
+Memory: a random hash is a formula, computed on the fly (the seeded permutation here stands in for
+one such as ``((a id + b) mod p) mod B``), so it needs no storage beyond the rows. A GraphHash map
+cannot be recomputed from the ID: it is a stored ID-to-row table, one integer (4 bytes as int32,
+8 as int64) per ID. :func:`table_size` counts it with ``stored_maps``; at small tables it is a
+large share of the memory (a row of D float32 costs 4 D bytes, shared by N / B IDs).
+
 Left out: the paper's CTR models and feature fields, its other hashing baselines, a null model
-specific to bipartite graphs (we use the ordinary modularity), the storage of the ID-to-row map
-(counted by no size here), and any large-scale clustering engine (networkx's pure-Python Louvain
-suffices at book sizes).
+specific to bipartite graphs (we use the ordinary modularity), and any large-scale clustering
+engine (networkx's pure-Python Louvain suffices at book sizes).
 
 Shapes: U users, I items, N IDs on one side, B buckets (rows), E training pairs, D embedding dim.
 Section: chapter 01, "GraphHash".
@@ -71,10 +76,13 @@ def random_hash_buckets(n_ids: int, n_buckets: int, *, seed: int) -> torch.Tenso
     Every bucket receives ``floor(N / B)`` or ``ceil(N / B)`` IDs, so no row is wasted; which IDs
     share a row is pure chance. Returns (N,) int64 bucket ids in [0, B).
     """
+    # show: start random-hash
     n_ids = check_int("n_ids", n_ids, 1)
     n_buckets = check_int("n_buckets", n_buckets, 1, n_ids)
     g = torch.Generator().manual_seed(check_int("seed", seed, 0))
+    # a shuffled id modulo B: row b holds the ids shuffled to b, b + B, ...
     return torch.randperm(n_ids, generator=g) % n_buckets
+    # show: end random-hash
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -90,32 +98,37 @@ def _fit_exactly(labels: np.ndarray, profile: np.ndarray, degree: np.ndarray, n_
 
     ``profile`` is the (N, I') interaction matrix of this side with the other side.
     """
-    labels = _relabel(labels)
+    # show: start fit
+    labels = _relabel(labels)  # cluster ids 0..k-1
     k = int(labels.max()) + 1
-    while k < n_buckets:  # split the largest cluster into its higher- and lower-degree halves
+    while k < n_buckets:  # too few: split the largest cluster by degree
         sizes = np.bincount(labels, minlength=k)
         members = np.flatnonzero(labels == int(np.argmax(sizes)))
         by_degree = members[np.argsort(-degree[members], kind="stable")]
-        labels[by_degree[len(by_degree) // 2:]] = k
+        labels[by_degree[len(by_degree) // 2:]] = k  # lower half: new cluster
         k += 1
     if k == n_buckets:
         return labels
+    # too many: merge the smallest cluster into the most similar one, where a
+    # cluster's profile sums its members' rows of the interaction matrix
     index = torch.from_numpy(labels)
-    cluster_profile = torch.zeros(k, profile.shape[1]).index_add_(0, index, torch.from_numpy(profile).float())  # (k, I')
-    norms = cluster_profile.norm(dim=1) + 1e-12
+    prof = torch.zeros(k, profile.shape[1]).index_add_(
+        0, index, torch.from_numpy(profile).float())  # (k, I')
+    norms = prof.norm(dim=1) + 1e-12
     sizes = torch.bincount(index, minlength=k).double()
     for _ in range(k - n_buckets):
         small = int(torch.argmin(sizes))
-        cosine = cluster_profile @ cluster_profile[small] / (norms * norms[small])
+        cosine = prof @ prof[small] / (norms * norms[small])  # (k,)
         cosine[sizes == float("inf")] = -float("inf")  # merged away
         cosine[small] = -float("inf")
         target = int(torch.argmax(cosine))
         labels[labels == small] = target
-        cluster_profile[target] += cluster_profile[small]
-        norms[target] = cluster_profile[target].norm() + 1e-12
+        prof[target] += prof[small]
+        norms[target] = prof[target].norm() + 1e-12
         sizes[target] += sizes[small]
         sizes[small] = float("inf")
-    return _relabel(labels)
+    return _relabel(labels)  # row ids 0..B-1
+    # show: end fit
 
 
 def graphhash_buckets(train_pairs: torch.Tensor, n_users: int, n_items: int, *, n_user_buckets: int,
@@ -159,12 +172,17 @@ def graphhash_buckets(train_pairs: torch.Tensor, n_users: int, n_items: int, *, 
     side = (slice(0, n_users), slice(n_users, n_users + n_items))
     isolated = np.array([graph.degree(v) == 0 for v in range(n_users + n_items)])
 
+    # show: start clusters
     def louvain(gamma: float) -> tuple[np.ndarray, tuple[int, int]]:
+        """Cluster label of every node, and the number of clusters per side."""
         labels = np.empty(n_users + n_items, dtype=np.int64)
-        for c, nodes in enumerate(nx.community.louvain_communities(graph, resolution=gamma, seed=seed)):
-            labels[list(nodes)] = c
-        labels[isolated] = -1  # no interactions, no signal: one shared cluster per side
+        parts = nx.community.louvain_communities(graph, resolution=gamma,
+                                                 seed=seed)
+        for c, nodes in enumerate(parts):
+            labels[list(nodes)] = c  # users and items of cluster c
+        labels[isolated] = -1  # no interactions, no signal: one shared cluster
         return labels, tuple(np.unique(labels[s]).size for s in side)
+    # show: end clusters
 
     runs: dict[float, tuple[np.ndarray, tuple[int, int]]] = {}  # log2(gamma) -> Louvain result
 
@@ -232,7 +250,8 @@ class HashedEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B,) ids -> (B, D) embeddings."""
-        return sum(table(getattr(self, f"bucket_{t}")[ids]) for t, table in enumerate(self.tables))
+        rows = [getattr(self, f"bucket_{t}")[ids] for t in range(len(self.tables))]
+        return sum(table(r) for table, r in zip(self.tables, rows))  # (B, D)
 
 
 class HashedMF(nn.Module):
@@ -266,20 +285,31 @@ class HashedMF(nn.Module):
 
 @dataclass(frozen=True)
 class TableSize:
-    """Size of the hashed tables against the full one-row-per-ID tables (float32 unless told)."""
+    """Memory of hashed tables against the full one-row-per-ID tables (float32 unless told).
+
+    ``bytes`` counts the rows and ``map_bytes``, the stored ID-to-row maps (none for a hash
+    computed on the fly; the full tables need none either: the ID is the row).
+    """
 
     rows: int
     full_rows: int
     dim: int
     bytes_per_value: int = 4
+    map_bytes: int = 0
 
     @property
     def params(self) -> int:
         return self.rows * self.dim
 
     @property
-    def bytes(self) -> int:
+    def table_bytes(self) -> int:
+        """Bytes of the embedding rows alone."""
         return self.params * self.bytes_per_value
+
+    @property
+    def bytes(self) -> int:
+        """Rows plus stored maps: what the model needs in memory."""
+        return self.table_bytes + self.map_bytes
 
     @property
     def full_bytes(self) -> int:
@@ -287,17 +317,37 @@ class TableSize:
 
     @property
     def fraction(self) -> float:
-        """Hashed size / full size."""
+        """Hashed rows / full rows."""
         return self.rows / self.full_rows
 
+    @property
+    def memory_fraction(self) -> float:
+        """Hashed bytes (rows and maps) / full bytes."""
+        return self.bytes / self.full_bytes
 
-def table_size(model: HashedMF) -> TableSize:
-    """Rows, parameters and bytes of ``model``'s tables against the unhashed U + I rows."""
+
+def table_size(model: HashedMF, *, stored_maps: int = 0, index_bytes: int = 4) -> TableSize:
+    """Rows, parameters and bytes of ``model``'s tables against the unhashed U + I rows.
+
+    Args:
+        model: the hashed model.
+        stored_maps: how many of each side's bucket maps must be stored, one integer per ID
+            (1 for GraphHash, alone or with a random hash; 0 for random hashing, a formula).
+        index_bytes: bytes per stored row index (4: int32).
+
+    Returns:
+        :class:`TableSize` with ``map_bytes = stored_maps * (U + I) * index_bytes``.
+    """
     if not isinstance(model, HashedMF):
         raise TypeError(f"model must be a HashedMF, got {type(model).__name__}")
+    n_maps = min(len(model.users.tables), len(model.items.tables))
+    stored_maps = check_int("stored_maps", stored_maps, 0, n_maps)
+    index_bytes = check_int("index_bytes", index_bytes, 1)
     weight = model.users.tables[0].weight
-    return TableSize(rows=model.users.n_rows + model.items.n_rows, full_rows=model.users.n_ids + model.items.n_ids,
-                     dim=model.dim, bytes_per_value=weight.element_size())
+    n_ids = model.users.n_ids + model.items.n_ids
+    return TableSize(rows=model.users.n_rows + model.items.n_rows, full_rows=n_ids,
+                     dim=model.dim, bytes_per_value=weight.element_size(),
+                     map_bytes=stored_maps * n_ids * index_bytes)
 
 
 @dataclass(frozen=True)

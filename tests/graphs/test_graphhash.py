@@ -179,3 +179,23 @@ def test_model_and_training_bad_inputs(small) -> None:
         train_hashed_mf(wrong, small)
     with pytest.raises(TypeError, match="HashedMF"):
         table_size(torch.nn.Linear(2, 2))
+
+
+def test_table_size_counts_stored_maps() -> None:
+    # GraphHash keeps one int32 per ID: 150 IDs x 4 B = 600 B beside the 15 x 16 x 4 = 960 B of rows;
+    # the full tables (150 x 16 x 4 = 9600 B) and a random hash (a formula) need no map
+    model = HashedMF(random_hash_buckets(100, 10, seed=0), random_hash_buckets(50, 5, seed=0), 16)
+    size = table_size(model, stored_maps=1)
+    assert (size.table_bytes, size.map_bytes, size.bytes) == (960, 600, 1560)
+    assert size.memory_fraction == pytest.approx(1560 / 9600) and size.fraction == 0.1
+    assert table_size(model, stored_maps=1, index_bytes=8).bytes == 960 + 1200
+    assert table_size(model).map_bytes == 0 and table_size(model).bytes == 960
+    double = HashedMF([random_hash_buckets(100, 5, seed=0), random_hash_buckets(100, 5, seed=1)],
+                      [random_hash_buckets(50, 3, seed=0), random_hash_buckets(50, 2, seed=1)], 16)
+    assert table_size(double, stored_maps=1).bytes == 15 * 16 * 4 + 150 * 4
+    with pytest.raises(ValueError, match="stored_maps must be in"):
+        table_size(model, stored_maps=2)
+    with pytest.raises(ValueError, match="index_bytes"):
+        table_size(model, stored_maps=1, index_bytes=0)
+    with pytest.raises(TypeError, match="stored_maps must be an int"):
+        table_size(model, stored_maps=True)
