@@ -35,12 +35,14 @@ def _strided_copy_kernel(
     count_1, stride_1, count_2, stride_2, count_3, stride_3, count_4, stride_4,
     N_LEVELS: tl.constexpr, PACK: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
+    # show: start inner
     pid = tl.program_id(axis=0)
     i = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)  # packed element index
     if INDEX_64:
         i = i.to(tl.int64)
     mask = i < n_elements
-    # element i = (block coordinates..., e): peel e, then the levels from the innermost out
+    # element i = (block coordinates..., e): peel e, then the levels,
+    # innermost first: src = offset + sum_k i_k * stride_k + e
     src = offset + i % block
     b = i // block
     if N_LEVELS >= 1:
@@ -58,6 +60,7 @@ def _strided_copy_kernel(
         tl.store(dst_ptr + i, tl.load(src_ptr + src, mask=mask), mask=mask)
     else:
         tl.store(dst_ptr + src, tl.load(src_ptr + i, mask=mask), mask=mask)
+    # show: end inner
 
 
 def _launch(src: torch.Tensor, dst: torch.Tensor, layout: StridedLayout, *, pack: bool,

@@ -147,12 +147,14 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().reshape(-1)
 
 
-def _exchange(send: torch.Tensor | None, dst: int, recv: torch.Tensor | None, src: int,
-              counter: ByteCounter | None) -> None:
-    """Post ``send`` to ``dst`` (asynchronously), receive ``recv`` from ``src``, wait for the send."""
+def _exchange(send: torch.Tensor | None, dst: int, recv: torch.Tensor | None,
+              src: int, counter: ByteCounter | None) -> None:
+    """Post ``send`` to ``dst`` (asynchronously), receive ``recv`` from ``src``,
+    wait for the send."""
     request = None
     if send is not None and send.numel() > 0:
-        request = dist.isend(send, dst)  # async: a blocking send here would deadlock the ring
+        # async: a blocking send here would deadlock the ring
+        request = dist.isend(send, dst)
         if counter is not None:
             counter.sent += send.numel() * send.element_size()
             counter.messages_sent += 1
@@ -165,16 +167,20 @@ def _exchange(send: torch.Tensor | None, dst: int, recv: torch.Tensor | None, sr
         request.wait()
 
 
-def _ring_reduce_scatter_(flat: torch.Tensor, rank: int, n: int, counter: ByteCounter | None) -> list[torch.Tensor]:
-    chunks = list(flat.tensor_split(n))  # n views of the flat buffer, chunk_sizes(N, n) long
+def _ring_reduce_scatter_(flat: torch.Tensor, rank: int, n: int,
+                          counter: ByteCounter | None) -> list[torch.Tensor]:
+    """Ring reduce-scatter in place on ``flat``; returns its n chunk views."""
+    # n views of the flat buffer, chunk_sizes(N, n) long
+    chunks = list(flat.tensor_split(n))
     scratch = torch.empty(max(c.numel() for c in chunks), dtype=flat.dtype)
     right, left = (rank + 1) % n, (rank - 1) % n
-    for step in range(n - 1):
+    for step in range(n - 1):  # n - 1 steps, one chunk out and one in each
         out = chunks[rs_send_chunk(rank, step, n)]
         into = chunks[(rank - step - 2) % n]
         buf = scratch[:into.numel()]
         _exchange(out, right, buf, left, counter)
-        into.add_(buf)  # partial sum of chunk (rank - step - 2) grows by one more rank
+        # the partial sum of chunk (rank - step - 2) grows by one more rank
+        into.add_(buf)
     return chunks  # chunks[rank] now holds the full sum of chunk ``rank``
 
 

@@ -12,8 +12,9 @@ and a message of S bytes per rank, the classic algorithms cost (Thakur, Rabensei
 
 *Algorithm bandwidth* is ``S / t``; *bus bandwidth* rescales it by the bytes each rank must move
 so that it compares with the link's bandwidth whatever n is: ``busbw = algbw * 2 (n - 1) / n``
-for all-reduce and ``algbw * (n - 1) / n`` for reduce-scatter, all-gather and all-to-all (the
-convention of NVIDIA's nccl-tests).
+for all-reduce, ``algbw * (n - 1) / n`` for reduce-scatter, all-gather and all-to-all, and
+``algbw`` itself for broadcast and reduce (the convention of NVIDIA's nccl-tests;
+:func:`bus_factor_table` lists the factors and what S is for each).
 
 Shapes: n ranks (``world_size``), S bytes per rank.
 Section: chapter 11, "Collectives from send/recv".
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 
 from ..validation import check_real
 
-__all__ = ["AlphaBeta", "BUS_FACTORS", "bus_bandwidth", "collective_time", "fit_alpha_beta"]
+__all__ = ["AlphaBeta", "BUS_FACTORS", "BusFactor", "bus_bandwidth", "bus_factor_table",
+           "collective_time", "fit_alpha_beta"]
 
 #: busbw / algbw per collective, for n ranks.
 BUS_FACTORS = {
@@ -35,7 +37,55 @@ BUS_FACTORS = {
     "reduce_scatter": lambda n: (n - 1) / n,
     "all_gather": lambda n: (n - 1) / n,
     "all_to_all": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
 }
+
+#: (formula of busbw / algbw, what S is) per collective, as nccl-tests counts it.
+_BUS_MEANING = {
+    "all_reduce": ("2(n-1)/n", "each rank's tensor, input and output alike"),
+    "reduce_scatter": ("(n-1)/n", "each rank's full input; it keeps S/n of the sum"),
+    "all_gather": ("(n-1)/n", "the gathered output; each rank brings S/n"),
+    "all_to_all": ("(n-1)/n", "each rank's input, n chunks of S/n, one per rank"),
+    "broadcast": ("1", "the root's tensor, received by every rank"),
+    "reduce": ("1", "each rank's tensor; the root receives the sum"),
+}
+
+
+@dataclass(frozen=True)
+class BusFactor:
+    """One row of the bus-bandwidth table: ``busbw = algbw * factor``.
+
+    The factor is also the least number of bytes, in units of S, that the busiest rank (or
+    link) must move for the collective, so a bus bandwidth equal to the link's bandwidth means
+    the algorithm is bandwidth-optimal.
+    """
+
+    collective: str
+    formula: str
+    factor: float
+    bytes_per_rank: float
+    meaning_of_s: str
+
+
+def bus_factor_table(world_size: int, *, nbytes: float = 1.0) -> list[BusFactor]:
+    """The nccl-tests bus-bandwidth factor of each collective for ``world_size`` ranks.
+
+    Args:
+        world_size: n >= 2.
+        nbytes: S in bytes (>= 0); ``bytes_per_rank`` is ``factor * nbytes``.
+
+    Returns:
+        One :class:`BusFactor` per collective of :data:`BUS_FACTORS`, in that order.
+    """
+    n = _check_world(world_size)
+    check_real("nbytes", nbytes, 0.0)
+    rows = []
+    for name, factor in BUS_FACTORS.items():
+        formula, meaning = _BUS_MEANING[name]
+        value = float(factor(n))
+        rows.append(BusFactor(name, formula, value, value * nbytes, meaning))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -124,20 +124,25 @@ def canonicalize(layout: StridedLayout) -> StridedLayout:
         raise TypeError(f"layout must be a StridedLayout, got {type(layout).__name__}")
     if layout.numel == 0:
         return StridedLayout(0)
+    # show: start rules
+    # rule 1: a level of count 1 moves nothing
     block, levels = layout.block, [lv for lv in layout.levels if lv[0] != 1]
     changed = True
     while changed:
         changed = False
-        if levels and levels[-1][1] == block:  # contiguous innermost level: a longer block
+        # rule 2: innermost stride == block: contiguous, a longer block
+        if levels and levels[-1][1] == block:
             block *= levels.pop()[0]
             changed = True
         for k in range(len(levels) - 1):
             (c_out, s_out), (c_in, s_in) = levels[k], levels[k + 1]
-            if s_out == c_in * s_in:  # outer steps over exactly the inner span: one level
+            # rule 3: outer stride == inner span (count * stride): one level
+            if s_out == c_in * s_in:
                 levels[k: k + 2] = [(c_out * c_in, s_in)]
                 changed = True
                 break
     return StridedLayout(block, tuple(levels), layout.offset)
+    # show: end rules
 
 
 def layout_of(view: torch.Tensor, base: torch.Tensor) -> StridedLayout:

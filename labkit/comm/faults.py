@@ -181,26 +181,36 @@ def detect_slow_rank(duration: np.ndarray, *, link: np.ndarray | None = None, th
     if not threshold > 0 or not min_scale_s > 0 or not min_link_rel >= 0:
         raise ValueError(f"threshold and min_scale_s must be > 0 and min_link_rel >= 0, got "
                          f"{threshold}, {min_scale_s}, {min_link_rel}")
+    # show: start lateness
+    # lateness l[i, r] = median_r d[i, :] - d[i, r]: the late rank waits least
     lateness = np.median(d, axis=1, keepdims=True) - d  # (I, n)
-    late = np.median(lateness, axis=0)
-    worst = {"compute": lateness.argmax(axis=1)}
+    late = np.median(lateness, axis=0)  # (n,) one hiccup does not count
+    worst = {"compute": lateness.argmax(axis=1)}  # (I,) latest per iteration
+    # z_r = (late_r - median) / max(1.4826 MAD, floor), robust across ranks
     lateness_z = _robust_z(late, min_scale_s)
+    # show: end lateness
     link_z = np.zeros(d.shape[1])
     if link is not None:
         lk = _check_timings("link", link)
         if lk.shape != d.shape:
-            raise ValueError(f"link must have the shape of duration {d.shape}, got {lk.shape}")
+            raise ValueError(f"link must have the shape of duration {d.shape}, "
+                             f"got {lk.shape}")
         per_link = np.median(lk, axis=0)
         worst["link"] = lk.argmax(axis=1)
-        link_z = _robust_z(per_link, max(min_link_rel * float(np.median(per_link)), 1e-12))
+        link_scale = max(min_link_rel * float(np.median(per_link)), 1e-12)
+        link_z = _robust_z(per_link, link_scale)
+    # show: start decide
     best_late, best_link = int(np.argmax(lateness_z)), int(np.argmax(link_z))
     if lateness_z[best_late] >= link_z[best_link]:
         rank, kind, z = best_late, "compute", float(lateness_z[best_late])
     else:
         rank, kind, z = best_link, "link", float(link_z[best_link])
+    # flag only a persistent outlier: z above threshold and the worst rank
+    # in at least min_share of the iterations
     if z < threshold or float(np.mean(worst[kind] == rank)) < min_share:
         return Detection(None, "none", z, lateness_z, link_z)
     return Detection(rank, kind, z, lateness_z, link_z)
+    # show: end decide
 
 
 def delayed_all_reduce(rank: int, world_size: int, *, delayed_rank: int, delay_s: float, iterations: int,

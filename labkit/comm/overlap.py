@@ -128,18 +128,24 @@ class CommEngine:
         self._wire_free = 0.0
 
     def submit(self, tensor: torch.Tensor, *, chunk: int) -> None:
-        """Start the in-place all-reduce of ``tensor`` (a contiguous chunk) and return at once."""
+        """Start the in-place all-reduce of ``tensor`` (a contiguous chunk)
+        and return at once."""
         if not isinstance(tensor, torch.Tensor) or not tensor.is_contiguous():
-            raise TypeError("CommEngine.submit: tensor must be a contiguous torch.Tensor")
+            raise TypeError(
+                "CommEngine.submit: tensor must be a contiguous torch.Tensor")
         issued = time.perf_counter()
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
-        finished = work.get_future().then(lambda _: time.perf_counter())  # when gloo is done
+        # when gloo is done
+        finished = work.get_future().then(lambda _: time.perf_counter())
         start = issued
-        if self.link is not None:  # the wire: first in, first out, one message at a time
+        if self.link is not None:
+            # the wire: first in, first out, one message at a time
             start = max(issued, self._wire_free)
             nbytes = tensor.numel() * tensor.element_size()
-            self._wire_free = start + collective_time("ring_all_reduce", nbytes, dist.get_world_size(), self.link)
-        self._pending.append((chunk, start, self._wire_free if self.link is not None else issued, finished))
+            self._wire_free = start + collective_time(
+                "ring_all_reduce", nbytes, dist.get_world_size(), self.link)
+        end = self._wire_free if self.link is not None else issued
+        self._pending.append((chunk, start, end, finished))
 
     def wait_all(self) -> list[Event]:
         """Wait for every submitted chunk; return one comm event per chunk (absolute times)."""
@@ -170,18 +176,24 @@ def serial_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *, link: AlphaBet
     return y
 
 
-def overlapped_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *, chunks: int, link: AlphaBeta | None = None,
-                                 events: list[Event] | None = None) -> torch.Tensor:
-    """``sum_r X_r W_r`` with chunk ``i``'s all-reduce in flight while chunk ``i + 1`` is computed.
+def overlapped_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *,
+                                 chunks: int, link: AlphaBeta | None = None,
+                                 events: list[Event] | None = None
+                                 ) -> torch.Tensor:
+    """``sum_r X_r W_r`` with chunk ``i``'s all-reduce in flight while chunk
+    ``i + 1`` is computed.
 
-    The row blocks of the output are independent (row ``j`` of ``XW`` needs only row ``j`` of X),
-    so each chunk can be reduced as soon as it is written; only the last chunk's communication is
-    exposed. Shapes: x [M, K], w [K, N] -> [M, N], in C = ``chunks`` blocks of M / C rows.
+    The row blocks of the output are independent (row ``j`` of ``XW`` needs
+    only row ``j`` of X), so each chunk can be reduced as soon as it is
+    written; only the last chunk's communication is exposed.
+    Shapes: x [M, K], w [K, N] -> [M, N], in C = ``chunks`` blocks of M / C
+    rows.
     """
     _check_operands(x, w)
     ranges = chunk_rows(x.shape[0], chunks=chunks)
     engine = CommEngine(link=link)
     y = torch.empty(x.shape[0], w.shape[1], dtype=x.dtype)  # [M, N]
+    # show: start chunk-loop
     for i, (lo, hi) in enumerate(ranges):
         t0 = time.perf_counter()
         torch.matmul(x[lo:hi], w, out=y[lo:hi])  # [M/C, N] block, contiguous
@@ -189,7 +201,8 @@ def overlapped_matmul_all_reduce(x: torch.Tensor, w: torch.Tensor, *, chunks: in
         engine.submit(y[lo:hi], chunk=i)  # trigger: the chunk is complete
         if events is not None:
             events.append(_event(i, "compute", t0, t1))
-    comm_events = engine.wait_all()
+    comm_events = engine.wait_all()  # only the last chunk's comm is exposed
+    # show: end chunk-loop
     if events is not None:
         events += comm_events
     return y

@@ -134,12 +134,15 @@ def _check_flows(topo: nx.DiGraph, flows: Sequence[Flow]) -> None:
 
 
 def _edge_coloring(edges: list[tuple[int, int]], n_colors: int) -> list[int]:
-    """Properly colour a bipartite multigraph (left u, right v) with ``n_colors`` >= its max degree.
+    """Properly colour a bipartite multigraph (left u, right v) with
+    ``n_colors`` >= its max degree.
 
-    Konig's alternating-path argument: take a colour a free at u and b free at v; if a is busy at
-    v, swap a and b along the a/b path from v (it cannot reach u in a bipartite graph) and use a.
+    Konig's alternating-path argument: take a colour a free at u and b free
+    at v; if a is busy at v, swap a and b along the a/b path from v (it cannot
+    reach u in a bipartite graph) and use a.
     """
-    at: dict[tuple[str, int], dict[int, int]] = {}  # (side, node) -> colour -> edge id
+    # (side, node) -> colour -> edge id
+    at: dict[tuple[str, int], dict[int, int]] = {}
     colour = [-1] * len(edges)
 
     def free(node: tuple[str, int]) -> int:
@@ -223,13 +226,19 @@ def route_flows(topo: nx.DiGraph, flows: Sequence[Flow], *, scheme: str,
             put(a, b, s, size)
     elif cross:  # split
         if len({size for _, _, size in cross}) > 1:
-            raise ValueError("scheme='split' needs flows of equal size (the paper's observation ii)")
-        k = split_factor(cross, n_spines)
-        sub = [(a, b) for a, b, _ in cross for _ in range(k)]
-        degree = max(max(np.bincount([a for a, _ in sub])), max(np.bincount([b for _, b in sub])))
+            raise ValueError("scheme='split' needs flows of equal size "
+                             "(the paper's observation ii)")
+        # show: start split
+        k = split_factor(cross, n_spines)  # k = S / gcd(D, S) sub-flows per flow
+        sub = [(a, b) for a, b, _ in cross for _ in range(k)]  # D k per port
+        degree = max(max(np.bincount([a for a, _ in sub])),
+                     max(np.bincount([b for _, b in sub])))
+        # Konig: D k colours, no two sub-flows of one colour at a leaf port
         colours = _edge_coloring(sub, int(degree))
         for (a, b), c in zip(sub, colours):
+            # colour c -> spine c mod S: each port gets D k / S per spine
             put(a, b, c % n_spines, cross[0][2] / k)
+        # show: end split
     return load
 
 

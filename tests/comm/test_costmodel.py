@@ -46,7 +46,7 @@ def test_fit_recovers_alpha_and_beta() -> None:
     (lambda: collective_time("ring_all_reduce", 1.0, 1, LINK), "world_size"),
     (lambda: collective_time("butterfly", 1.0, 4, LINK), "unknown collective"),
     (lambda: collective_time("ring_all_reduce", -1.0, 4, LINK), "nbytes"),
-    (lambda: bus_bandwidth("broadcast", 1.0, 1.0, 4), "collective must be"),
+    (lambda: bus_bandwidth("gather", 1.0, 1.0, 4), "collective must be"),
     (lambda: bus_bandwidth("all_reduce", 1.0, 0.0, 4), "seconds"),
     (lambda: fit_alpha_beta([1.0], [1.0]), "at least two"),
     (lambda: fit_alpha_beta([1.0, 1.0], [1.0, 2.0], world_size=4), "sizes must differ"),
@@ -91,3 +91,21 @@ def test_numpy_scalars_and_ints_are_numbers() -> None:
     assert collective_time("ring_all_reduce", np.int64(4_000_000), 4, link) == expected
     assert bus_bandwidth("all_reduce", np.float64(8e6), np.float64(1e-2), 8) == pytest.approx(8e8 * 2 * 7 / 8)
     assert collective_time("all_gather", 1000, 2, AlphaBeta(0, 0)) == 0.0
+
+
+def test_bus_factor_table_by_hand() -> None:
+    from labkit.comm.costmodel import bus_factor_table
+
+    rows = {r.collective: r for r in bus_factor_table(8, nbytes=800.0)}
+    assert set(rows) == {"all_reduce", "reduce_scatter", "all_gather", "all_to_all",
+                         "broadcast", "reduce"}
+    assert rows["all_reduce"].factor == pytest.approx(14 / 8)
+    assert rows["all_reduce"].bytes_per_rank == pytest.approx(1400.0)  # 2 * 7/8 * 800
+    assert rows["all_gather"].factor == rows["reduce_scatter"].factor == pytest.approx(7 / 8)
+    assert rows["broadcast"].factor == rows["reduce"].factor == 1.0
+    # the table and bus_bandwidth agree
+    assert bus_bandwidth("broadcast", 800.0, 1.0, 8) == pytest.approx(800.0)
+    with pytest.raises(ValueError, match="world_size"):
+        bus_factor_table(1)
+    with pytest.raises((TypeError, ValueError), match="nbytes"):
+        bus_factor_table(4, nbytes=-1.0)
