@@ -20,6 +20,7 @@ costs of :mod:`labkit.mpc.cost` exactly. Each party draws private randomness fro
 - :mod:`labkit.mpc.approx`: PUMA's GeLU, exp, softmax, reciprocal, rsqrt and LayerNorm;
 - :mod:`labkit.mpc.approx_cost`: their closed-form costs, and running one in secret;
 - :mod:`labkit.mpc.transformer`: the tiny GPT evaluated in secret.
+- :mod:`labkit.mpc.report`: cost comparisons, tables and figures of the chapter's pages.
 """
 
 from .beaver import beaver_matmul, beaver_mul, beaver_square, finish_product, truncate, truncate_share
@@ -46,7 +47,7 @@ from .runtime import RUNTIMES, MPCRun, run
 from .shared import Shared, cat, stack
 from .sharing import chi_square_uniform, ks_two_sample, reconstruct, reconstruct_xor, share, share_xor
 
-from . import approx, approx_cost, attack, transformer
+from . import approx, approx_cost, attack, report, transformer
 from .approx import gelu, layer_norm, reciprocal, rsqrt, softmax
 from .ringmm import balanced_bytes, check_ring_operands, ring_matmul, ring_matmul_limbs, ring_matmul_reference
 
@@ -54,6 +55,7 @@ __all__ = [
     "approx",
     "approx_cost",
     "attack",
+    "report",
     "transformer",
     "gelu",
     "layer_norm",

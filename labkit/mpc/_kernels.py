@@ -124,6 +124,7 @@ def _ring_mm_kernel(
     off_m = (first_m + (pid % per_group) % group_rows) * BLOCK_M
     off_n = ((pid % per_group) // group_rows) * BLOCK_N
 
+    # show: start inner-loop
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int64)
     for s in range(0, 8):  # shift class s = i + j, eq. (1)
         n_terms = (s + 1) * plane_width
@@ -135,6 +136,7 @@ def _ring_mm_kernel(
                 b = b_desc.load([off_n, b_start + k0])  # (BLOCK_N, BLOCK_K) int8
                 part = tl.dot(a, b.T, part, out_dtype=tl.int32)  # int8 x int8 -> int32 on tensor cores
             acc += part.to(tl.int64) << (8 * s)  # widen, shift; bits past 63 fall off (mod 2^64)
+    # show: end inner-loop
 
     rows = off_m + tl.arange(0, BLOCK_M)
     cols = off_n + tl.arange(0, BLOCK_N)

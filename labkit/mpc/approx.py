@@ -253,11 +253,15 @@ def gelu(x: Any, *, cuts: tuple[float, float, float] = GELU_CUTS, degree_low: in
     hi = fit_gelu(mid, right, check_int("degree_high", degree_high, 1, 16))
     ops = ops_for(x)
     _check_domain(x, "gelu", -8.0, 8.0)
+    # show: start select
     with ops.scope("gelu"):
-        bits = ops.less(x, (left, mid, right))  # (3, *S)
+        # b_L, b_M, b_R = [x < cut]: one batched comparison, (3, *S)
+        bits = ops.less(x, (left, mid, right))
         p_lo, p_hi = _polyval(x, lo, ops), _polyval(x, hi, ops)
-        diffs = ops.stack([-p_lo, p_lo - p_hi, p_hi - x])  # aligned with b_L, b_M, b_R
+        # aligned with b_L, b_M, b_R; one product of bits and differences
+        diffs = ops.stack([-p_lo, p_lo - p_hi, p_hi - x])
         return x + (bits * diffs).sum(0)
+    # show: end select
 
 
 def _check_cuts(cuts: Any) -> tuple[float, float, float]:
@@ -310,12 +314,14 @@ def exp(x: Any, *, squarings: int = 7, cut: float = -12.0) -> Any:
         raise ValueError(f"exp: cut must be a number in [-2^(n+1), 0) = [{-(2.0 ** (n + 1)):g}, 0), got {cut!r}")
     ops = ops_for(x)
     _check_domain(x, "exp", -math.inf, 0.0)
+    # show: start limit
     with ops.scope("exp"):
-        below = ops.less(x, (float(cut),))[0]
+        below = ops.less(x, (float(cut),))[0]  # [x < cut]: one comparison
         y = x * (1.0 / 2**n) + 1.0  # 2^-n is exact in fixed point for n <= f
         for _ in range(n):
-            y = y.square()
+            y = y.square()  # (1 + x/2^n)^(2^k) after k rounds
         return y * (1 - below)  # bit times value: no truncation
+    # show: end limit
 
 
 def reciprocal_guess(low: float, high: float) -> tuple[float, float, float]:
@@ -349,11 +355,13 @@ def reciprocal(x: Any, *, low: float = 1.0, high: float = 64.0, iterations: int 
     k = check_int("iterations", iterations, 0, 30)
     ops = ops_for(x)
     _check_domain(x, "reciprocal", low, high)
+    # show: start newton
     with ops.scope("reciprocal"):
         y = x * (-b) + a  # linear guess: local
         for _ in range(k):
             y = y * (2.0 - x * y)  # Newton for f(y) = 1/y - x: error squares
         return y
+    # show: end newton
 
 
 def rsqrt_thresholds(low: float, high: float) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -124,13 +124,18 @@ def beaver_mul(x: Shared, y: Shared) -> Shared:
     ctx.check_owns(y)
     sx, sy = tuple(x.shape), tuple(y.shape)
     sz = _shapes_broadcast(x, y, "*")
+    # show: start beaver-round
     with ctx.scope("mul"):
+        # this party's pieces of the dealer's triple c = a * b (offline)
         a, b, c = ctx.correlated(partial(mul_triple, sx, sy), [sx, sy, sz])
-        e, f = ctx.open_shares(x.share - a, y.share - b)  # uniformly masked: reveal nothing
+        # the one round: open e = x - a and f = y - b (one-time pads)
+        e, f = ctx.open_shares(x.share - a, y.share - b)
         z = c + e * b + a * f  # Beaver: xy = ef + eb + af + ab
         if ctx.rank == 0:
-            z = z + e * f
+            z = z + e * f  # the public term, added once
+        # 2f fractional bits -> f: SecureML's local truncation
         return finish_product(x, z, x.frac_bits + y.frac_bits)
+    # show: end beaver-round
 
 
 def beaver_square(x: Shared) -> Shared:

@@ -93,22 +93,26 @@ def msb(x: Shared) -> Shared:
     if not isinstance(x, Shared):
         raise TypeError(f"msb takes a Shared value, got {type(x).__name__}")
     ctx = x.ctx
+    # show: start adder
     with ctx.scope("msb"):
         zero = torch.zeros_like(x.share)
-        a = x.share if ctx.rank == 0 else zero  # A2B: word x0 is XOR-shared as (x0, 0)
+        a = x.share if ctx.rank == 0 else zero  # A2B: word x0 as (x0, 0)
         b = zero if ctx.rank == 0 else x.share  # and word x1 as (0, x1)
         p0 = a ^ b  # propagate bits P = a XOR b (local)
         g = and_gates(ctx, a, b)  # generate bits G = a AND b
         p = p0
         for level in range(ADDER_LEVELS):
             s = 1 << level
-            if level < ADDER_LEVELS - 1:  # G and P updates share the left operand P: one opening
-                both = and_gates(ctx, p, torch.stack([g << s, p << s]))  # (2, *S)
+            if level < ADDER_LEVELS - 1:
+                # G and P updates share the left operand P: one opening
+                both = and_gates(ctx, p, torch.stack([g << s, p << s]))
                 g, p = g ^ both[0], both[1]
             else:  # the last level needs only G
                 g = g ^ and_gates(ctx, p, g << s)
-        bit = ((p0 ^ (g << 1)) >> 63) & 1  # sum bit 63 = P_63 XOR carry into 63 (= G_62)
+        # sum bit 63 = P_63 XOR carry into 63 (= G_62)
+        bit = ((p0 ^ (g << 1)) >> 63) & 1
         return b2a(ctx, bit)
+    # show: end adder
 
 
 def relu(x: Shared) -> Shared:

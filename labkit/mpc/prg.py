@@ -80,12 +80,17 @@ class PRG:
         """Uniform int64 words (all 2^64 values equally likely) of the given shape: one draw."""
         shape = tuple(check_int(f"shape[{i}]", d, 0) for i, d in enumerate(shape))
         n = math.prod(shape)
-        stream = hashlib.shake_256(self._seed + self.draws.to_bytes(8, "little"))
+        # show: start expand
+        # draw k reads SHAKE256(seed || k): 8 bytes per word, never a repeated stream
+        counter = self.draws.to_bytes(8, "little")
+        stream = hashlib.shake_256(self._seed + counter)
         self.draws += 1
         if n == 0:
             return torch.zeros(shape, dtype=torch.int64)
-        words = np.frombuffer(stream.digest(8 * n), dtype="<i8").astype(np.int64)  # a writable copy
+        raw = stream.digest(8 * n)
+        words = np.frombuffer(raw, dtype="<i8").astype(np.int64)  # writable copy
         return torch.from_numpy(words).reshape(shape)
+        # show: end expand
 
     def __repr__(self) -> str:
         return f"PRG(draws={self.draws}, seed=<private>)"

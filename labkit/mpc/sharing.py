@@ -70,11 +70,14 @@ def share(x: torch.Tensor, *, n_parties: int = 2, generator: PRG | torch.Generat
     """
     check_ring("x", x)
     n = check_int("n_parties", n_parties, 2)
+    # show: start share
+    # shares 1 .. P-1: uniform words from the owner's private generator
     others = [random_ring(x.shape, generator=generator) for _ in range(n - 1)]
     first = x.clone()
     for s in others:
-        first = first - s  # wraps mod 2^64
+        first = first - s  # x_0 = x - sum of the others, wrapping mod 2^64
     return [first, *others]
+    # show: end share
 
 
 def reconstruct(shares: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -84,10 +87,12 @@ def reconstruct(shares: Sequence[torch.Tensor]) -> torch.Tensor:
         ValueError: fewer than 2 shares, or shares of different shapes.
     """
     _check_shares(shares)
+    # show: start reconstruct
     out = shares[0].clone()
     for s in shares[1:]:
-        out = out + s
+        out = out + s  # x = x_0 + x_1 + ... mod 2^64
     return out
+    # show: end reconstruct
 
 
 def share_xor(x: torch.Tensor, *, n_parties: int = 2, generator: PRG | torch.Generator) -> list[torch.Tensor]:

@@ -195,35 +195,39 @@ def gpt_forward(w: Mapping[str, Any], onehot: Any, cfg: GPTConfig, approx: Appro
     layer_norm_, softmax_, gelu_ = (_nonlinear(k, approx, onehot) for k in ("layer_norm", "softmax", "gelu"))
     with sec("embed"):
         x = onehot @ w["tok"] + w["pos"][:t]  # PUMA's embedding: one-hot (B, T, V) @ table (V, D)
+    # show: start block
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         with sec(f"block{i}"):
             with sec("ln1"):
                 a = layer_norm_(x, w[p + "ln1.weight"], w[p + "ln1.bias"], **ln)
             with sec("attn"):
-                with sec("qkv"):
-                    qkv = a @ w[p + "attn.qkv.w"] + w[p + "attn.qkv.b"]  # (B, T, 3D)
-                q, k, val = (qkv.narrow(-1, j * d, d).reshape(b, t, h, d // h).transpose(1, 2)
-                             for j in range(3))  # (B, H, T, D/H) each
-                with sec("scores"):
-                    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // h))  # (B, H, T, T)
-                with sec("softmax", scope=False):
-                    att = softmax_(s, mask=causal, squarings=approx.exp_squarings, cut=approx.exp_cut,
+                with sec("qkv"):  # (B, T, 3D): one Beaver matmul with the weights
+                    qkv = a @ w[p + "attn.qkv.w"] + w[p + "attn.qkv.b"]
+                q, k, val = (qkv.narrow(-1, j * d, d).reshape(b, t, h, d // h)
+                             .transpose(1, 2) for j in range(3))  # (B, H, T, D/H)
+                with sec("scores"):  # (B, H, T, T): secret times secret
+                    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // h))
+                with sec("softmax", scope=False):  # public causal mask
+                    att = softmax_(s, mask=causal, squarings=approx.exp_squarings,
+                                   cut=approx.exp_cut,
                                    iterations=approx.softmax_iterations)
-                with sec("context"):
-                    y = (att @ val).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-                with sec("proj"):
+                with sec("context"):  # (B, T, D)
+                    y = (att @ val).transpose(1, 2).reshape(b, t, d)
+                with sec("proj"):  # residual additions are free
                     x = x + (y @ w[p + "attn.proj.w"] + w[p + "attn.proj.b"])
             with sec("ln2"):
                 a = layer_norm_(x, w[p + "ln2.weight"], w[p + "ln2.bias"], **ln)
             with sec("mlp"):
-                with sec("up"):
-                    u = a @ w[p + "ffn.up.w"] + w[p + "ffn.up.b"]  # (B, T, F)
+                with sec("up"):  # (B, T, F)
+                    u = a @ w[p + "ffn.up.w"] + w[p + "ffn.up.b"]
                 with sec("gelu", scope=False):
-                    g = gelu_(u, cuts=approx.gelu_cuts, degree_low=approx.gelu_degree_low,
+                    g = gelu_(u, cuts=approx.gelu_cuts,
+                              degree_low=approx.gelu_degree_low,
                               degree_high=approx.gelu_degree_high)
                 with sec("down"):
                     x = x + (g @ w[p + "ffn.down.w"] + w[p + "ffn.down.b"])
+    # show: end block
     with sec("ln_f"):
         x = layer_norm_(x, w["ln_f.weight"], w["ln_f.bias"], **ln)
     with sec("head"):
