@@ -34,7 +34,7 @@ from labkit.validation import check_int
 __all__ = ["GPT", "GPTConfig", "GPTOutput"]
 
 _FFNS = ("dense", "moe")
-_ROUTERS = ("linear", "recurrent", "pregate")
+_ROUTERS = ("linear", "recurrent", "pregate", "pregate_shared")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class GPTConfig:
         n_experts, top_k, capacity_factor: the MoE layer (ignored when dense);
             ``capacity_factor=None`` never drops.
         router: ``"linear"`` (independent per layer), ``"recurrent"`` (RMoE's GRU) or
-            ``"pregate"`` (Read-ME: every layer routes from the input embedding).
+            ``"pregate"`` (every layer routes from the input embedding) or ``"pregate_shared"``
+            (Read-ME: one router on the embedding, whose choice every sparse layer reuses).
         router_dim: width R of the recurrent routing state.
         moe_layers: indices of the sparse blocks; ``None`` means all of them.
         aux_loss_weight: weight of the load-balancing loss in :meth:`GPT.forward`'s loss.
@@ -138,13 +139,15 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN block: ``x + attn(ln(x))`` then ``x + ffn(ln(x))``."""
 
-    def __init__(self, cfg: GPTConfig, layer: int, shared_gru: nn.GRUCell | None) -> None:
+    def __init__(self, cfg: GPTConfig, layer: int, shared: nn.Module | None) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         if cfg.is_sparse(layer):
             if cfg.router == "recurrent":
-                router = RecurrentRouter(cfg.d_model, cfg.n_experts, shared_gru)
+                router = RecurrentRouter(cfg.d_model, cfg.n_experts, shared)
+            elif cfg.router == "pregate_shared":
+                router = shared  # one PreGateRouter object for every sparse block
             elif cfg.router == "pregate":
                 router = PreGateRouter(cfg.d_model, cfg.n_experts)
             else:
@@ -176,12 +179,16 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.block_size, cfg.d_model)
-        shared = nn.GRUCell(cfg.router_dim, cfg.router_dim) if cfg.ffn == "moe" and cfg.router == "recurrent" else None
+        shared: nn.Module | None = None
+        if cfg.ffn == "moe" and cfg.router == "recurrent":
+            shared = nn.GRUCell(cfg.router_dim, cfg.router_dim)
+        elif cfg.ffn == "moe" and cfg.router == "pregate_shared":
+            shared = PreGateRouter(cfg.d_model, cfg.n_experts)
         self.blocks = nn.ModuleList(Block(cfg, i, shared) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight  # weight tying (Press & Wolf, 2017)
-        self._pregate = cfg.ffn == "moe" and cfg.router == "pregate"
+        self._pregate = cfg.ffn == "moe" and cfg.router in ("pregate", "pregate_shared")
         self.reset_parameters(torch.initial_seed() if init_seed is None else init_seed)
 
     def reset_parameters(self, seed: int) -> None:
@@ -249,7 +256,7 @@ class GPT(nn.Module):
             (B * T, L_sparse, k) int64, before any capacity limit.
         """
         if not self._pregate:
-            raise ValueError("pregate_routes needs a model with ffn='moe' and router='pregate'")
+            raise ValueError("pregate_routes needs a model with ffn='moe' and router='pregate' or 'pregate_shared'")
         B, T = idx.shape
         e = (self.tok(idx) + self.pos(torch.arange(T, device=idx.device))).reshape(B * T, -1)  # (N, D)
         routes = []

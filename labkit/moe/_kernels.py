@@ -245,6 +245,7 @@ def _grouped_mm_kernel(
 
     x_ptrs = x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk
     w_ptrs = w_ptr + expert * stride_we + ks[:, None] * stride_wk + cols[None, :] * stride_wn
+    # show: start inner-loop
     acc = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
     for k0 in range(0, d_in, BLOCK_K):
         if EVEN_K:
@@ -262,6 +263,7 @@ def _grouped_mm_kernel(
         w_ptrs += BLOCK_K * stride_wk
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :] * stride_on,
              acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    # show: end inner-loop
 
 
 #: Tile sizes and launch parameters per dtype (fixed, no autotuning): (BLOCK_M, BLOCK_N, BLOCK_K,

@@ -134,6 +134,7 @@ def simulate_cache(requests: torch.Tensor, *, capacity: int, policy: str, n_laye
     cache: OrderedDict[int, int] = OrderedDict()  # expert -> position of its next request; order = recency
     loads = torch.zeros(n_tokens, n_layers, dtype=torch.int64)
     hits = 0
+    # show: start evict
     for pos, expert in enumerate(flat):
         if expert in cache:
             hits += 1
@@ -153,6 +154,7 @@ def simulate_cache(requests: torch.Tensor, *, capacity: int, policy: str, n_laye
                             victim, far = e, dist
                     del cache[victim]
         cache[expert] = nxt[pos] if nxt else 0
+    # show: end evict
     return CacheStats(requests=len(flat), hits=hits, loads=len(flat) - hits, loads_per_token=loads)
 
 
