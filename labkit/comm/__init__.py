@@ -16,8 +16,10 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 Section 01, "Collectives from send/recv" (no paper of the list of its own):
 :mod:`~labkit.comm.collectives` (ring, tree and all-to-all over send/recv, byte counters),
 :mod:`~labkit.comm.simulator` (the same schedules for n ranks in one process) and
-:mod:`~labkit.comm.costmodel` (the alpha-beta model every section uses). Worker functions for
-:func:`labkit.dist.launch` live in ``_workers.py`` and beside their mechanism.
+:mod:`~labkit.comm.costmodel` (the alpha-beta model every section uses, and nccl-tests'
+bus-bandwidth factors). Worker functions for :func:`labkit.dist.launch` live in ``_workers.py``
+and beside their mechanism; :mod:`~labkit.comm.report` lays out the chapter's tables and
+figures (the leaf-spine drawing, slider figures, the overlap timeline).
 """
 
 from .bytescale import dynamic_assignment, sample_lengths, static_mesh_assignment
