@@ -16,6 +16,14 @@ reference and Triton), :mod:`~labkit.graphs.propagation` (propagation, over-smoo
 :mod:`~labkit.graphs.interactions` (user-item data), :mod:`~labkit.graphs.metrics` (Recall@K,
 NDCG@K), :mod:`~labkit.graphs.bpr` (BPR loss and batches), :mod:`~labkit.graphs.train`
 (early-stopped training).
+
+Chapter 02, link prediction, robustness and expressivity (imported from their modules):
+
+- NCN / NCNC (``ncn``), chapter 02 section 01 "Link prediction with common neighbours":
+  :mod:`~labkit.graphs.ncn` (common neighbours as a sparse product, completion), on the splits
+  and OGB metrics of :mod:`~labkit.graphs.linkpred`, the GCN and GAE of :mod:`~labkit.graphs.gcn`,
+  the training loop of :mod:`~labkit.graphs.linktrain` and the seeded graphs of
+  :mod:`~labkit.graphs.csbm`.
 """
 
 from .bpr import bpr_batches, bpr_loss
