@@ -209,12 +209,14 @@ def spmm_reference(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
     _check_spmm(adj, x)
     _check_csr(adj.crow_indices(), adj.col_indices(), adj.shape[1], op="spmm")
+    # show: start gather-sum
     ptr, col, val = adj.crow_indices().long(), adj.col_indices(), adj.values()
     acc = _acc_dtype(x.dtype)
     # gather: the message along nonzero e is val[e] * x[col[e]]
     messages = val.to(acc)[:, None] * x[col].to(acc)  # (M, F)
     # aggregate: row i sums the messages ptr[i]:ptr[i + 1]
     return segment_sum_reference(messages, ptr).to(x.dtype)
+    # show: end gather-sum
 
 
 @dataclass(frozen=True)
