@@ -7,7 +7,8 @@ weights by validation Recall@K, stops after ``patience`` evaluations without imp
 reports test metrics of the best weights. The history's clock counts training time only
 (evaluation is excluded, and is the same work for every model), so curves of different models
 can share one time axis. :func:`time_epoch` times a few steps and extrapolates to a full epoch,
-for graphs where a whole epoch would not fit the time budget.
+for graphs where a whole epoch would not fit the time budget; :func:`loglog_slope` fits the
+exponent of a cost that grows as a power of the size.
 
 Section: chapter 01, "UltraGCN" and "GraphHash".
 """
@@ -15,7 +16,7 @@ Section: chapter 01, "UltraGCN" and "GraphHash".
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +27,8 @@ from ..runtime import time_fn
 from .interactions import Interactions
 from .metrics import RankingMetrics, ranking_metrics
 
-__all__ = ["EpochTiming", "FitResult", "HistoryPoint", "Recommender", "adam", "evaluate", "fit", "time_epoch"]
+__all__ = ["EpochTiming", "FitResult", "HistoryPoint", "Recommender", "adam", "evaluate", "fit", "loglog_slope",
+           "time_epoch"]
 
 
 def adam(params: Iterable[torch.nn.Parameter], *, lr: float) -> torch.optim.Adam:
@@ -204,3 +206,24 @@ def time_epoch(step: Callable[[], object], *, steps_per_epoch: int, max_steps: i
     timed = min(steps_per_epoch, max_steps)
     timing = time_fn(step, repeats=timed, warmup=warmup, device=device)
     return EpochTiming(seconds_per_step=timing.median, steps_per_epoch=steps_per_epoch, timed_steps=timed)
+
+
+def loglog_slope(sizes: Sequence[float], costs: Sequence[float]) -> float:
+    """Least-squares slope of ``log(cost)`` against ``log(size)``: the exponent p of cost ~ size^p.
+
+    A cost linear in the size has slope 1, a quadratic one slope 2.
+
+    Args:
+        sizes, costs: at least two positive numbers each, of the same length, with at least two
+            distinct sizes.
+    """
+    if len(sizes) != len(costs) or len(sizes) < 2:
+        raise ValueError(f"sizes and costs must have the same length >= 2, got {len(sizes)} and {len(costs)}")
+    if any(not v > 0 for v in (*sizes, *costs)):
+        raise ValueError("sizes and costs must all be > 0 (they are taken in logarithms)")
+    log_x = torch.tensor([float(v) for v in sizes], dtype=torch.float64).log()
+    log_y = torch.tensor([float(v) for v in costs], dtype=torch.float64).log()
+    dx = log_x - log_x.mean()
+    if float(dx.pow(2).sum()) == 0.0:
+        raise ValueError("sizes must hold at least two distinct values")
+    return float((dx * (log_y - log_y.mean())).sum() / dx.pow(2).sum())

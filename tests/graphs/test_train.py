@@ -101,3 +101,19 @@ def test_bad_arguments(data) -> None:
         time_epoch(lambda: None, steps_per_epoch=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         adam([nn.Parameter(torch.zeros(1))], lr=0.0)
+
+
+def test_loglog_slope_by_hand_and_bad_input() -> None:
+    from labkit.graphs.train import loglog_slope
+
+    # cost = 3 size^2 exactly: slope 2; cost = 5 size: slope 1
+    assert loglog_slope([1, 10, 100], [3, 300, 30_000]) == pytest.approx(2.0)
+    assert loglog_slope([2, 8], [10, 40]) == pytest.approx(1.0)
+    # noisy points: the least-squares line through (0, 0), (1, 1.1), (2, 1.9) in log2 has slope 0.95
+    assert loglog_slope([1, 2, 4], [1, 2**1.1, 2**1.9]) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="same length"):
+        loglog_slope([1, 2], [1])
+    with pytest.raises(ValueError, match="> 0"):
+        loglog_slope([1, 2], [0, 1])
+    with pytest.raises(ValueError, match="distinct"):
+        loglog_slope([3, 3], [1, 2])
