@@ -106,5 +106,8 @@ def layer_to_layer_cosine(layers: list[torch.Tensor]) -> list[float]:
     shape = layers[0].shape
     if len(shape) != 2 or any(h.shape != shape for h in layers):
         raise ValueError(f"layers must all be (N, F) of one shape, got {[tuple(h.shape) for h in layers]}")
+    # show: start cosine
     unit = [torch.nn.functional.normalize(h.double(), dim=1) for h in layers]
+    # mean over nodes i of cos(h_i^(k), h_i^(k+1)), for k = 0 .. K-1
     return [float((a * b).sum(1).mean()) for a, b in zip(unit[:-1], unit[1:])]
+    # show: end cosine
