@@ -190,3 +190,19 @@ def test_triton_checks_each_matrix_once_per_plan(triton_kernels, device: str, mo
     bad = torch.sparse_csr_tensor(adj.crow_indices(), bad_col, adj.values(), size=adj.shape, check_invariants=False)
     with pytest.raises(ValueError, match=r"adj.col_indices\(\) must lie in \[0, 320\)"):
         kernels.spmm_triton(bad, x, plan=full, block_k=8)
+
+
+def test_spmm_triton_docstring_states_the_feature_block_rule() -> None:
+    """The docstring's default BLOCK_F rule is the one the launcher applies (it once said 128)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import labkit.graphs
+
+    path = Path(labkit.graphs.__file__).with_name("_kernels.py")
+    text = path.read_text()
+    cap, floor = re.search(r"block_f = min\((\d+), max\((\d+), triton\.next_power_of_2", text).groups()
+    doc = next(ast.get_docstring(node) for node in ast.walk(ast.parse(text))
+               if isinstance(node, ast.FunctionDef) and node.name == "spmm_triton")
+    assert f"min({cap}, max({floor}, next power of two of F))" in doc
