@@ -21,7 +21,8 @@ of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM upda
 :mod:`~labkit.diffusion.norm` (GroupNorm + SiLU, reference and Triton),
 :mod:`~labkit.diffusion.train` (training and cached weights), :mod:`~labkit.diffusion.sampling`
 (the one DDIM loop every sampler runs), :mod:`~labkit.diffusion.quality` (sample quality
-without downloads) and :mod:`~labkit.diffusion.profiling` (where the time goes).
+without downloads), :mod:`~labkit.diffusion.profiling` (where the time goes) and
+:mod:`~labkit.diffusion.report` (the UNet drawing and the pages' layout helpers).
 """
 
 from .lora import (LoRA, MergedWeights, load_lora, lora_branches, lora_targets, merge_loras, random_lora, save_lora,

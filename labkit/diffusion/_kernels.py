@@ -63,8 +63,10 @@ def _silu_tile_store(x, rows, cols, group_channels, mask, w_ptr, b_ptr, y_ptr, m
     row_ok = rows < group_channels
     gamma = tl.load(w_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)  # (BLOCK_C,)
     beta = tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    scale = gamma * rstd  # per channel; (x - mean) first: x * scale + (beta - mean * scale) would cancel
-    y = tl.where(mask, (x - mean) * scale[:, None] + beta[:, None], 0.0)  # padding: no exp overflow
+    # per channel; (x - mean) first: x * scale + (beta - mean * scale) would cancel
+    scale = gamma * rstd
+    # padding lanes set to 0: no exp overflow
+    y = tl.where(mask, (x - mean) * scale[:, None] + beta[:, None], 0.0)
     out = y / (1.0 + tl.exp(-y))  # silu(y) = y * sigmoid(y)
     tl.store(y_ptr + rows[:, None] * stride_yc + cols[None, :] * stride_ys,
              out.to(y_ptr.dtype.element_ty), mask=mask)
@@ -88,6 +90,7 @@ def _group_norm_silu_kernel(
     rows0 = tl.arange(0, BLOCK_C)
     cols0 = tl.arange(0, BLOCK_S)
 
+    # show: start one-pass
     if ONE_PASS:  # the group is one tile: load it once, keep it in registers
         mask = (rows0[:, None] < group_channels) & (cols0[None, :] < n_spatial)
         x = tl.load(x_ptr + rows0[:, None] * stride_xc + cols0[None, :] * stride_xs,
@@ -96,8 +99,9 @@ def _group_norm_silu_kernel(
         centered = tl.where(mask, x - mean, 0.0)
         var = tl.reduce(tl.reduce(centered * centered, 1, _SUM), 0, _SUM) / n
         rstd = 1.0 / tl.sqrt(var + eps)
-        _silu_tile_store(x, rows0, cols0, group_channels, mask, w_ptr, b_ptr, y_ptr, mean, rstd,
-                         stride_yc, stride_ys)
+        _silu_tile_store(x, rows0, cols0, group_channels, mask, w_ptr, b_ptr, y_ptr,
+                         mean, rstd, stride_yc, stride_ys)
+    # show: end one-pass
     else:
         # Welford in every lane: count, mean and sum of squared deviations of what the lane saw
         count = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)

@@ -120,9 +120,12 @@ class NoiseSchedule:
             raise ValueError(f"t must be (B,) with B = {x0.shape[0]}, got shape {tuple(t.shape)}")
         if int(t.min()) < 0:
             raise ValueError(f"t must be in [0, {self.n_steps}) for q_sample, got {int(t.min())}")
-        abar = self.abar(t, device=x0.device).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
+        # show: start forward
+        abar = self.abar(t, device=x0.device).to(x0.dtype)
+        abar = abar.view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
         # eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        # show: end forward
 
 
 def ddim_timesteps(n_train: int, n_sample: int) -> torch.Tensor:
@@ -183,14 +186,17 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, schedul
         raise ValueError(f"eps must have x_t's shape {tuple(x_t.shape)}, got {tuple(eps.shape)}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta < float("inf"):
         raise ValueError(f"eta must be a float >= 0, got {eta!r}")
+    # show: start ddim-update
     a_t = float(schedule.abar(t))
     a_prev = float(schedule.abar(t_prev))
     x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # "predicted x0" of eq. 12
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
-    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)  # eq. 16
+    # eq. 16
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
     # eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z
     x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+    # show: end ddim-update
     if sigma > 0:
         if noise is None:
             noise = torch.randn_like(x_t)
