@@ -197,6 +197,7 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
     feats: Features | None = None  # the current group's encoder features
     eps_group: list[torch.Tensor] = []  # with parallel decoding, the group's noise, decoded at once
 
+    # show: start propagate
     def eps_fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         nonlocal feats, eps_group
         group = group_of[i]
@@ -206,16 +207,20 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
             eps_group = []
             if parallel and len(group) > 1:
                 G = len(group)
-                t_all = torch.tensor([ts[k] for k in group], device=device).repeat_interleave(n)  # (G*B,)
+                t_all = torch.tensor([ts[k] for k in group], device=device)
+                t_all = t_all.repeat_interleave(n)  # (G*B,)
                 emb = model.embed(t_all, None if y is None else y.repeat(G))  # (G*B, E)
-                wide = Features(h=feats.h.repeat(G, 1, 1, 1), skips=[s.repeat(G, 1, 1, 1) for s in feats.skips],
-                                emb=emb)
-                eps_group = list(model.decode(wide).split(n))  # G x (B, C, H, W): one decoder call for G steps
+                wide = Features(h=feats.h.repeat(G, 1, 1, 1),
+                                skips=[s.repeat(G, 1, 1, 1) for s in feats.skips], emb=emb)
+                # one decoder call for the G steps: G x (B, C, H, W)
+                eps_group = list(model.decode(wide).split(n))
         if eps_group:
             return eps_group[j]
         if j == 0:
             return model.decode(feats)  # an ordinary step
-        return model.decode(feats, model.embed(t, y))  # propagation: old encoder features, this step's embedding
+        # propagation: old encoder features, this step's embedding
+        return model.decode(feats, model.embed(t, y))
+    # show: end propagate
 
     def inject(i: int, t: int, x: torch.Tensor) -> torch.Tensor:
         return x + injection * x0_noise if injection > 0 and t < below else x  # prior noise injection
