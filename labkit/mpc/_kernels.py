@@ -128,14 +128,19 @@ def _ring_mm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int64)
     for s in range(0, 8):  # shift class s = i + j, eq. (1)
         n_terms = (s + 1) * plane_width
-        b_start = (7 - s) * plane_width  # eq. (2): columns [(7-s)P, 8P) of b's reversed planes
+        # eq. (2): columns [(7-s)P, 8P) of b's reversed planes
+        b_start = (7 - s) * plane_width
         for c0 in range(0, n_terms, CHUNK):
-            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)  # exact: < 2^17 terms of <= 2^14
+            # exact: fewer than 2^17 terms of at most 2^14
+            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
             for k0 in range(c0, tl.minimum(c0 + CHUNK, n_terms), BLOCK_K):
-                a = a_desc.load([off_m, k0])  # (BLOCK_M, BLOCK_K) int8, zeros past the edges
-                b = b_desc.load([off_n, b_start + k0])  # (BLOCK_N, BLOCK_K) int8
-                part = tl.dot(a, b.T, part, out_dtype=tl.int32)  # int8 x int8 -> int32 on tensor cores
-            acc += part.to(tl.int64) << (8 * s)  # widen, shift; bits past 63 fall off (mod 2^64)
+                # int8 tiles, zeros past the edges
+                a = a_desc.load([off_m, k0])  # (BLOCK_M, BLOCK_K)
+                b = b_desc.load([off_n, b_start + k0])  # (BLOCK_N, BLOCK_K)
+                # int8 x int8 -> int32 on tensor cores
+                part = tl.dot(a, b.T, part, out_dtype=tl.int32)
+            # widen, shift; bits past 63 fall off (mod 2^64)
+            acc += part.to(tl.int64) << (8 * s)
     # show: end inner-loop
 
     rows = off_m + tl.arange(0, BLOCK_M)
