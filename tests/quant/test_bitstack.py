@@ -64,6 +64,19 @@ def test_residual_shrinks_with_every_block():
     assert errors[1] < 0.7  # sign + mean magnitude of a Gaussian keeps ~64% of the energy
 
 
+
+def test_a_block_can_overshoot_entries_while_the_norm_falls():
+    # R = [[4, 4], [4, 0.5]]: the top pair of |R| gives u_1 v_1 ~ 1.98 > 2 * 0.5, so R[1, 1]
+    # crosses zero and grows to ~ -1.48, while ||R - B||^2 = ||R||^2 - sigma_1^2 (~48.25 -> ~4.5)
+    r = torch.tensor([[4.0, 4.0], [4.0, 0.5]])
+    block = decompose_matrix(r, n_blocks=1).blocks[0]
+    uv = block.u.float() @ block.v.float().T
+    after = r - block.dense()
+    assert (uv > 2 * r.abs()).tolist() == [[False, False], [False, True]]
+    assert after[1, 1] < -1.4 and after[1, 1].abs() > r[1, 1].abs()
+    sigma_1 = float(torch.linalg.svdvals(r)[0])
+    assert float(after.norm()) ** 2 == pytest.approx(float(r.norm()) ** 2 - sigma_1**2, rel=1e-2)
+
 def test_decompose_bad_input():
     with pytest.raises(ValueError, match="2-D"):
         decompose_matrix(torch.zeros(3), n_blocks=1)
