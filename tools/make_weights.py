@@ -208,6 +208,12 @@ def _chapter05(tier: str) -> list[Animal]:
     out.append(_gpt("05/01 MoE", tier, GPTConfig(**base, ffn="moe", d_ff=128, n_experts=8, top_k=2), recipe))
     out.append(_gpt("05/01 MoE without balancing loss", tier,
                     GPTConfig(**base, ffn="moe", d_ff=128, n_experts=8, top_k=2, aux_loss_weight=0.0), recipe))
+    if not ci:  # the dense-MoE gap per seed (seed 0's dense model is tiny_gpt_recipe's)
+        for seed in (1, 2):
+            out.append(_gpt(f"05/01 dense, seed {seed}", tier, GPTConfig(**base, ffn="dense", d_ff=256), recipe,
+                            seed=seed))
+            out.append(_gpt(f"05/01 MoE, seed {seed}", tier,
+                            GPTConfig(**base, ffn="moe", d_ff=128, n_experts=8, top_k=2), recipe, seed=seed))
     # 02_rmoe: independent and recurrent routers, several seeds
     steps, batch, seeds = (80, 16, 2) if ci else (180, 32, 3)
     base = dict(n_layer=4, d_model=64, n_head=4, block_size=64, ffn="moe", d_ff=128, n_experts=8, top_k=2,
@@ -225,7 +231,7 @@ def _chapter05(tier: str) -> list[Animal]:
     # 04_read_me: layer-wise and pre-gated routers
     steps = 100 if ci else 300
     recipe = TrainConfig(steps=steps, batch_size=32, eval_every=max(1, steps // 5))
-    for router in ("linear", "pregate"):
+    for router in ("linear", "pregate", "pregate_shared"):
         cfg = GPTConfig(n_layer=4, d_model=64, n_head=4, d_ff=128, block_size=64, ffn="moe", n_experts=8, top_k=2,
                         router=router)
         out.append(_gpt(f"05/04 {router} router", tier, cfg, recipe))

@@ -22,6 +22,9 @@ Section 01, "Top-k routing from scratch" (Shazeer et al. and the Switch Transfor
 its own in the list): :mod:`~labkit.moe.gating` (top-k gating, capacity, load balancing,
 permutation), :mod:`~labkit.moe.layer` (the MoE feed-forward layer) and
 :mod:`~labkit.moe.grouped_gemm` (one launch for every expert's GEMM).
+
+Reporting for the chapter's pages (no paper of its own): :mod:`~labkit.moe.report` (capacity
+tables, paired-seed intervals, figure menus, the grouped-GEMM timing on a GPU).
 """
 
 from .affinity import (affinity_counts, affinity_placement, conditional_affinity, device_loads, expert_paths,

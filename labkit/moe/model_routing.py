@@ -398,6 +398,7 @@ def coe_serving_time(experts: torch.Tensor, *, n_experts: int, expert_gb: float,
         raise ValueError(f"one expert ({expert_gb} GB) does not fit the {hbm.name} tier ({hbm.capacity_gb} GB)")
     if (store is None and n_experts > slots) or (store is not None and n_experts * expert_gb > store.capacity_gb):
         return ServingCost(fits=False, seconds_per_query=float("inf"), switch_fraction=0.0, loads=0)
+    # show: start serve
     resident: OrderedDict[int, None] = OrderedDict((e, None) for e in range(n_experts if store is None else 0))
     decode = tokens_per_query * expert_gb / hbm.bandwidth_gbs
     switch_s, decode_s, loads = 0.0, 0.0, 0
@@ -413,5 +414,6 @@ def coe_serving_time(experts: torch.Tensor, *, n_experts: int, expert_gb: float,
                 loads += 1
             decode_s += decode
     total = switch_s + decode_s
+    # show: end serve
     return ServingCost(fits=True, seconds_per_query=total / experts.numel(), switch_fraction=switch_s / total,
                        loads=loads)

@@ -18,7 +18,9 @@ A router maps a token's hidden state to one logit per expert. Two kinds share on
   Router-Decoupled Mixture of Experts with System Co-Design", arXiv:2410.19123). Every layer's
   router reads the *input* embedding of the token (the routing state, set once by the model)
   instead of the layer's hidden state, so all layers' experts are known before the backbone
-  runs: a server can prefetch experts and batch tokens by expert ahead of time.
+  runs: a server can prefetch experts and batch tokens by expert ahead of time. Read-ME goes
+  one step further and lets a single router decide for every layer; ``GPTConfig(router=
+  "pregate_shared")`` builds that by handing one :class:`PreGateRouter` to every sparse block.
 
 What the miniature leaves out: RMoE's GRU runs on the same token across layers exactly as
 here; we do not reproduce its variants (other recurrent cells, detached states).
