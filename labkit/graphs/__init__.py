@@ -23,7 +23,10 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   :mod:`~labkit.graphs.ncn` (common neighbours as a sparse product, completion), on the splits
   and OGB metrics of :mod:`~labkit.graphs.linkpred`, the GCN and GAE of :mod:`~labkit.graphs.gcn`,
   the training loop of :mod:`~labkit.graphs.linktrain` and the seeded graphs of
-  :mod:`~labkit.graphs.csbm`.
+  :mod:`~labkit.graphs.csbm`;
+- Topological Concentration (``topological_concentration``), chapter 02 section 02
+  "Topological Concentration": :mod:`~labkit.graphs.topology` (exact TC, ATC, the planted
+  generator, TC-raising edge weights).
 """
 
 from .bpr import bpr_batches, bpr_loss

@@ -48,15 +48,30 @@ class LinkGraph:
         return int(self.adj.shape[0])
 
 
-def link_graph(edge_index: torch.Tensor, num_nodes: int) -> LinkGraph:
-    """Both adjacencies of a (2, M) undirected edge list (both directions stored)."""
+def link_graph(edge_index: torch.Tensor, num_nodes: int, edge_weight: torch.Tensor | None = None) -> LinkGraph:
+    """Both adjacencies of a (2, M) undirected edge list (both directions stored).
+
+    With ``edge_weight`` (M,), symmetric in (i, j), the encoder's matrix is the weighted GCN
+    normalisation ``D_w^{-1/2} (W + I) D_w^{-1/2}`` with ``D_w = diag(1 + sum_j w_ij)``.
+    """
     check_edge_index(edge_index, num_nodes)
     ones = torch.ones(edge_index.shape[1])
+    if edge_weight is not None:
+        check_tensor("edge_weight", edge_weight, dims=1, dtype="float", shape="(M,)")
+        if edge_weight.shape[0] != edge_index.shape[1]:
+            raise ValueError(f"edge_weight must have shape ({edge_index.shape[1]},), got {tuple(edge_weight.shape)}")
+        deg = 1.0 + torch.zeros(num_nodes).index_add_(0, edge_index[0], edge_weight.float())
+        loops = torch.arange(num_nodes).repeat(2, 1)
+        ei = torch.cat([edge_index, loops], dim=1)
+        w = torch.cat([edge_weight.float(), torch.ones(num_nodes)])
+        adj = to_csr(ei, num_nodes, w * deg[ei[0]].rsqrt() * deg[ei[1]].rsqrt())
+    else:
+        adj = gcn_adjacency_csr(edge_index, num_nodes)
     binary = to_csr(edge_index, num_nodes, ones)
     binary = torch.sparse_csr_tensor(binary.crow_indices(), binary.col_indices(),
                                      torch.ones_like(binary.values()), binary.shape,
                                      check_invariants=False)
-    return LinkGraph(gcn_adjacency_csr(edge_index, num_nodes), binary)
+    return LinkGraph(adj, binary)
 
 
 class GCN(nn.Module):

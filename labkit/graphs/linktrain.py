@@ -13,6 +13,7 @@ Section: chapter 02, "Link prediction with common neighbours".
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,7 +63,8 @@ def evaluate_link_model(model: nn.Module, x: torch.Tensor, graph: LinkGraph, pos
 
 def train_link_model(model: nn.Module, x: torch.Tensor, split: LinkSplit, *, train_pairs: torch.Tensor | None = None,
                      epochs: int = 50, lr: float = 0.01, batch_size: int = 1024, k: int = 20,
-                     remove_targets: bool = False, eval_every: int = 5, seed: int = 0) -> LinkResult:
+                     remove_targets: bool = False, eval_every: int = 5, seed: int = 0,
+                     make_graph: Callable[[torch.Tensor, int], LinkGraph] = link_graph) -> LinkResult:
     """Train ``model`` on the split's training edges (or ``train_pairs``, a subset of them).
 
     Args:
@@ -71,6 +73,7 @@ def train_link_model(model: nn.Module, x: torch.Tensor, split: LinkSplit, *, tra
         split: the split; only its training edges are ever propagated over.
         train_pairs: (2, E) observed training edges (default: ``split.train``).
         remove_targets: take each batch's positives out of the graph for that step.
+        make_graph: builds the model's view of a (2, M) edge list (default :func:`link_graph`).
     """
     epochs = check_int("epochs", epochs, 1)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -78,7 +81,7 @@ def train_link_model(model: nn.Module, x: torch.Tensor, split: LinkSplit, *, tra
     lr = check_real("lr", lr, 0.0, strict=True)
     pairs = split.train if train_pairs is None else train_pairs
     n = split.num_nodes
-    graph = link_graph(undirected(pairs), n)
+    graph = make_graph(undirected(pairs), n)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,7 +101,7 @@ def train_link_model(model: nn.Module, x: torch.Tensor, split: LinkSplit, *, tra
             if remove_targets and batch.numel() < pairs.shape[1]:
                 rest = torch.ones(pairs.shape[1], dtype=torch.bool)
                 rest[batch] = False
-                seen = link_graph(undirected(pairs[:, rest]), n)
+                seen = make_graph(undirected(pairs[:, rest]), n)
             logits = model.score(x, seen, torch.cat([pos, neg], dim=1))
             labels = torch.cat([torch.ones(pos.shape[1]), torch.zeros(neg.shape[1])])
             loss = loss_fn(logits, labels)
