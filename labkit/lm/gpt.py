@@ -7,7 +7,8 @@ LayerNorm and an output head tied to the token embedding. It reads bytes (vocabu
 
 The feed-forward network of each block is chosen by :class:`GPTConfig`: ``ffn="dense"`` (an
 MLP of width ``d_ff``) or ``ffn="moe"`` (a :class:`labkit.moe.layer.MoEFFN` of ``n_experts``
-experts of width ``d_ff``, ``top_k`` active, with a ``"linear"`` or ``"recurrent"`` router).
+experts of width ``d_ff``, ``top_k`` active, with a ``"linear"``, ``"recurrent"``, ``"pregate"``
+or ``"pregate_shared"`` router; the last is one router object shared by every sparse block).
 ``moe_layers`` makes only some blocks sparse (dense early layers, sparse late layers, as
 Post-MoE does). A routing state flows from block to block, which the recurrent router of RMoE
 uses and the others ignore.
