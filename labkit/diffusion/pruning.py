@@ -188,8 +188,11 @@ def _eps(model: TinyUNet, calib: CalibrationSet, batch_size: int = 512) -> torch
     return torch.cat(out)  # (N, C, H, W)
 
 
-def output_losses(model: TinyUNet, calib: CalibrationSet, subsets: Sequence[Sequence[str]]) -> list[float]:
-    """LAPTOP-Diff's output loss of removing each set ``S``: mean of ``(eps_{without S} - eps_full)^2`` over ``calib``.
+def output_losses(model: TinyUNet, calib: CalibrationSet,
+                  subsets: Sequence[Sequence[str]]) -> list[float]:
+    """LAPTOP-Diff's output loss of removing each set ``S``.
+
+    The mean of ``(eps_{without S} - eps_full)^2`` over ``calib``.
 
     Args:
         model: the full network (left as it was); calib: the calibration set.

@@ -196,7 +196,8 @@ class ResBlock(nn.Module):
         if self._skip:
             return x
         h = self.conv1(_norm_silu(self.norm1, x))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, out_ch, 1, 1) broadcast over H, W
+        # (B, out_ch, 1, 1), broadcast over H, W
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(_norm_silu(self.norm2, h))
         return self.shortcut(x) + h
 
