@@ -352,7 +352,9 @@ def rtn_quantize(w: torch.Tensor, *, bits: int, group_size: int) -> tuple[torch.
         group_size: input features per group.
 
     Returns:
-        ``(dequantized weight (m, n), exact bytes)``: packed codes plus two fp16 numbers per group.
+        ``(dequantized weight (m, n), bytes)``: ``ceil(m n bits / 8)`` for the codes plus two fp16
+        numbers per group. The byte count is that of an ideal bit-packed format: the codes are
+        not kept (only the dequantized weight is returned), so nothing is packed here.
     """
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError("w must be a 2-D tensor (m, n)")
