@@ -5,6 +5,9 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 - Spatial CNN (``scnn``), chapter 03 section 01 "Spatial CNN: messages between rows":
   :mod:`~labkit.spatial.scnn` (slice-by-slice message passing, the occluded-lane scenes, the
   span IoU);
+- DenseGAP (``densegap``), chapter 03 section 02 "DenseGAP: anchors for repeated textures":
+  :mod:`~labkit.spatial.matching` (textures and warps, descriptors, mutual nearest neighbours,
+  anchors with the ratio test and cycle check, anchor -> pixel context, PCK);
 - SE(n) weight sharing in position-orientation space (``se_n_weight_sharing``), chapter 03
   section 03 "Position-orientation space: invariants of point pairs":
   :mod:`~labkit.spatial.ponita` (pair invariants, sphere grids, the separable layer, the R^3 and
@@ -12,10 +15,24 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   :mod:`~labkit.spatial.nbody`.
 
 Shared by both sections: :mod:`~labkit.spatial.train` (training and scoring loops) and
-:mod:`~labkit.spatial.figures` (the figures with their sliders). The point-pair messages
-aggregate with :func:`labkit.graphs.segment_sum` over receiver-sorted edges, as in chapter 01.
+:mod:`~labkit.spatial.figures` (the figures with their sliders). The anchor -> pixel messages
+use :func:`labkit.graphs.message_passing` and the point-pair messages aggregate with
+:func:`labkit.graphs.segment_sum` over receiver-sorted edges, as in chapter 01.
 """
 
+from .matching import (
+    Anchors,
+    ImagePair,
+    anchor_context,
+    describe,
+    find_anchors,
+    image_pair,
+    match,
+    mutual_nearest,
+    pck,
+    queries_inside,
+    repeated_texture,
+)
 from .nbody import ChargedSystems, accelerations, charged_systems, energy, leapfrog
 from .ponita import (
     OrientationNet,
@@ -33,6 +50,17 @@ from .train import LaneScores, evaluate_lanes, fit, nbody_batch, nbody_mse, trai
 
 __all__ = [
     "DIRECTIONS",
+    "Anchors",
+    "ImagePair",
+    "anchor_context",
+    "describe",
+    "find_anchors",
+    "image_pair",
+    "match",
+    "mutual_nearest",
+    "pck",
+    "queries_inside",
+    "repeated_texture",
     "ChargedSystems",
     "LaneNet",
     "LaneScenes",
