@@ -187,10 +187,12 @@ def merge_loras(model: nn.Module, loras: Sequence[LoRA]) -> MergedWeights:
     stacked = _stacked(loras)
     layers = _layers(model, list(stacked))
     backup = {}
+    # show: start merge
     for name, (down, up, _) in stacked.items():
         w = layers[name].weight
         backup[name] = w.detach().clone()
         w.add_((up @ down).view_as(w))  # (O, Kr) @ (Kr, I) -> (O, I)
+    # show: end merge
     return MergedWeights(backup=backup)
 
 
@@ -207,12 +209,15 @@ def unmerge_loras(model: nn.Module, merged: MergedWeights) -> None:
 
 def _branch(mod: nn.Module, down: torch.Tensor, up: torch.Tensor, x: torch.Tensor,
             mask: torch.Tensor | None) -> torch.Tensor:
+    """The stacked low-rank branch ``s U (D x)`` of one layer, masked per image if asked."""
     if isinstance(mod, nn.Linear):
         h = F.linear(x, down)  # (B, I) -> (B, Kr)
         return F.linear(h if mask is None else h * mask, up)  # (B, O)
     w = mod.weight
-    d = down.view(down.shape[0], *w.shape[1:])  # (Kr, I/groups, k, k): the same window as the layer
-    h = F.conv2d(x, d, None, mod.stride, mod.padding, mod.dilation, mod.groups)  # (B, Kr, H', W')
+    # (Kr, I/groups, k, k): the same window as the layer
+    d = down.view(down.shape[0], *w.shape[1:])
+    # (B, Kr, H', W')
+    h = F.conv2d(x, d, None, mod.stride, mod.padding, mod.dilation, mod.groups)
     if mask is not None:
         h = h * mask[:, :, None, None]  # keep each image's own LoRA
     return F.conv2d(h, up[:, :, None, None])  # 1 x 1: (B, O, H', W')

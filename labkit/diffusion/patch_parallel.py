@@ -318,29 +318,35 @@ class _PatchOps(_Ops):
         if kw != 3 or conv.padding != (1, 1):
             raise ValueError(f"{name}: only 1 x 1 and padded 3 x 3 convolutions are supported, got {conv}")
         P = len(xs)
-        edges = [(x[..., :1], x[..., -1:]) for x in xs]  # what each device would send: (B, C, h, 1) each
-        # The first layer reads the latent, which is exchanged after every step (DistriFusion
-        # gathers it whole): always fresh. Deeper layers read last step's columns once stale.
+        # show: start halo
+        # what each device would send: (B, C, h, 1) each
+        edges = [(x[..., :1], x[..., -1:]) for x in xs]
+        # The first layer reads the latent, which is exchanged after every step
+        # (DistriFusion gathers it whole): always fresh. Deeper layers read last
+        # step's columns once stale.
         stale = not self.fresh and name != self.first and name in self.edges
         source = self.edges[name] if stale else edges
         self.edges[name] = edges
-        exchanged = name in self.layers and P > 1
+        exchanged = name in self.layers and P > 1  # partial conditioning
         if exchanged:
-            col = edges[0][0].numel() * edges[0][0].element_size()  # bytes of one halo column
-            needs_right = conv.stride[1] == 1  # a stride-2 window over an even strip never reads its right halo
-            if name == self.first:  # all-gather: every device receives every strip of the latent
+            col = edges[0][0].numel() * edges[0][0].element_size()  # one halo column
+            # a stride-2 window over an even strip never reads its right halo
+            sides = 1 + int(conv.stride[1] == 1)
+            if name == self.first:  # all-gather: every device gets every latent strip
                 strip = xs[0].numel() * xs[0].element_size()
-                self.count("latent", (P - 1) * col * (1 + int(needs_right)), P * (P - 1) * strip)
-            else:  # all-gather: every device receives both edge columns of every other device
-                self.count("halos", (P - 1) * col * (1 + int(needs_right)), P * (P - 1) * 2 * col)
+                self.count("latent", (P - 1) * col * sides, P * (P - 1) * strip)
+            else:  # all-gather: every device gets both edges of every other device
+                self.count("halos", (P - 1) * col * sides, P * (P - 1) * 2 * col)
         out = []
         for p, x in enumerate(xs):
             zero = torch.zeros_like(x[..., :1])
-            own_l, own_r = (x[..., :1], x[..., -1:]) if self.config.fill == "replicate" else (zero, zero)
+            replicate = self.config.fill == "replicate"
+            own_l, own_r = (x[..., :1], x[..., -1:]) if replicate else (zero, zero)
             left = zero if p == 0 else (source[p - 1][1] if exchanged else own_l)
             right = zero if p == P - 1 else (source[p + 1][0] if exchanged else own_r)
             ext = torch.cat([left, x, right], dim=3)  # (B, C, h, w + 2)
             out.append(F.conv2d(ext, conv.weight, conv.bias, conv.stride, (1, 0)))
+        # show: end halo
         return out
 
     def norm(self, name: str, norm: nn.GroupNorm, xs: list[torch.Tensor]) -> list[torch.Tensor]:

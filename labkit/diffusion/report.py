@@ -21,7 +21,7 @@ from labkit.validation import check_int
 
 from .unet import TinyUNet
 
-__all__ = ["UNetNode", "controls_below", "image_grid", "unet_diagram", "unet_layout"]
+__all__ = ["UNetNode", "controls_below", "cost_model_agreement", "image_grid", "unet_diagram", "unet_layout"]
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,36 @@ def controls_below(fig, *, gap: float = 0.28, margin: int = 150):
     fig.update_layout(sliders=[dict(s.to_plotly_json(), x=0.0, xanchor="left", y=-gap, yanchor="top", len=1.0)
                                for s in fig.layout.sliders])
     return fig
+
+
+def cost_model_agreement(costs, measured, points, *, clear_gap: float = 1.5) -> tuple[float, list[bool]]:
+    """How well a LoRA cost model (:class:`~labkit.diffusion.serving.LoRACost`) predicts timed requests.
+
+    For each point ``(key, S)``, the predicted ratio of the two modes' times, merge / on the fly,
+    is compared with the measured one ``measured[key, S, mode]``; the result is the median of
+    ``max(r, 1/r)`` of their quotient ``r`` (1 = perfect), and, at every point where the model
+    predicts one mode at least ``clear_gap`` times faster, whether that mode was measured faster.
+
+    Args:
+        costs: key -> LoRACost.
+        measured: ``(key, S, "merge" | "on_the_fly")`` -> seconds.
+        points: the ``(key, S)`` pairs to compare.
+        clear_gap: the predicted ratio from which a verdict counts (> 1).
+
+    Returns:
+        ``(median factor, verdicts)``.
+    """
+    if not points:
+        raise ValueError("points must name at least one (key, S) pair")
+    if not (isinstance(clear_gap, (int, float)) and not isinstance(clear_gap, bool) and clear_gap > 1):
+        raise ValueError(f"clear_gap must be a number > 1, got {clear_gap!r}")
+    factors, verdicts = [], []
+    for key, steps in points:
+        c = costs[key]
+        pred = {"merge": c.merged(steps), "on_the_fly": c.on_the_fly(steps)}
+        meas = {m: measured[key, steps, m] for m in pred}
+        r = (meas["merge"] / meas["on_the_fly"]) / (pred["merge"] / pred["on_the_fly"])
+        factors.append(max(r, 1 / r))
+        if max(pred.values()) >= clear_gap * min(pred.values()):
+            verdicts.append(min(pred, key=pred.get) == min(meas, key=meas.get))
+    return sorted(factors)[len(factors) // 2], verdicts

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from labkit.diffusion import TinyUNet, UNetConfig
-from labkit.diffusion.report import controls_below, image_grid, unet_diagram, unet_layout
+from labkit.diffusion.report import (controls_below, cost_model_agreement, image_grid, unet_diagram,
+                                     unet_layout)
 
 
 def test_layout_of_the_default_unet_by_hand() -> None:
@@ -64,3 +65,19 @@ def test_controls_below_moves_menus_and_sliders_under_the_plot() -> None:
 def test_bad_model() -> None:
     with pytest.raises(TypeError, match="model"):
         unet_layout("unet")
+
+
+def test_cost_model_agreement_by_hand() -> None:
+    from labkit.diffusion import LoRACost
+
+    # merged: 2 + S, on the fly: 0 + 2 S (in seconds); at S = 1: 3 vs 2, at S = 8: 10 vs 16
+    cost = {"k": LoRACost(merge_s=2.0, merged_step_s=1.0, setup_s=0.0, fly_step_s=2.0)}
+    measured = {("k", 1, "merge"): 3.0, ("k", 1, "on_the_fly"): 2.0,  # exactly as predicted
+                ("k", 8, "merge"): 20.0, ("k", 8, "on_the_fly"): 16.0}  # ratio off by 2, winner flipped
+    factor, verdicts = cost_model_agreement(cost, measured, [("k", 1), ("k", 8)])
+    assert factor == 2.0
+    assert verdicts == [True, False]  # both points predict a gap >= 1.5
+    with pytest.raises(ValueError, match="points"):
+        cost_model_agreement(cost, measured, [])
+    with pytest.raises(ValueError, match="clear_gap"):
+        cost_model_agreement(cost, measured, [("k", 1)], clear_gap=1.0)
