@@ -26,7 +26,10 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   :mod:`~labkit.graphs.csbm`;
 - Topological Concentration (``topological_concentration``), chapter 02 section 02
   "Topological Concentration": :mod:`~labkit.graphs.topology` (exact TC, ATC, the planted
-  generator, TC-raising edge weights).
+  generator, TC-raising edge weights);
+- STABLE (``stable``), chapter 02 section 03 "STABLE": :mod:`~labkit.graphs.robust` (random,
+  DICE and degree-targeted structure attacks; contrastive embeddings, refinement and the
+  self-weighted GCN).
 """
 
 from .bpr import bpr_batches, bpr_loss
