@@ -7,7 +7,8 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   span IoU);
 - DenseGAP (``densegap``), chapter 03 section 02 "DenseGAP: anchors for repeated textures":
   :mod:`~labkit.spatial.matching` (textures and warps, descriptors, mutual nearest neighbours,
-  anchors with the ratio test and cycle check, anchor -> pixel context, PCK);
+  anchors with the ratio test and cycle check, anchor -> pixel context, coarse-to-fine
+  matching, PCK);
 - SE(n) weight sharing in position-orientation space (``se_n_weight_sharing``), chapter 03
   section 03 "Position-orientation space: invariants of point pairs":
   :mod:`~labkit.spatial.ponita` (pair invariants, sphere grids, the separable layer, the R^3 and
@@ -28,6 +29,7 @@ from .matching import (
     find_anchors,
     image_pair,
     match,
+    match_coarse_to_fine,
     mutual_nearest,
     pck,
     queries_inside,
@@ -57,6 +59,7 @@ __all__ = [
     "find_anchors",
     "image_pair",
     "match",
+    "match_coarse_to_fine",
     "mutual_nearest",
     "pck",
     "queries_inside",

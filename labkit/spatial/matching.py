@@ -31,8 +31,8 @@ from labkit.data.synthetic import make_generator
 from labkit.graphs.edges import message_passing
 from labkit.validation import check_int, check_real, check_tensor
 
-__all__ = ["Anchors", "ImagePair", "anchor_context", "describe", "find_anchors", "image_pair",
-           "match", "mutual_nearest", "pck", "queries_inside", "repeated_texture"]
+__all__ = ["Anchors", "CoarseToFine", "ImagePair", "anchor_context", "describe", "find_anchors", "image_pair",
+           "match", "match_coarse_to_fine", "mutual_nearest", "pck", "queries_inside", "repeated_texture"]
 
 
 def repeated_texture(size: int, period: int, *, n_landmarks: int = 4, radius: int = 5,
@@ -250,3 +250,67 @@ def queries_inside(pair: ImagePair, *, stride: int = 1) -> tuple[torch.Tensor, t
     truth = pair.warp_points(xy.double()).float()
     inside = on_grid & (truth[:, 0] >= 0) & (truth[:, 0] <= w - 1) & (truth[:, 1] >= 0) & (truth[:, 1] <= h - 1)
     return idx[inside], truth[inside]
+
+
+@dataclass(frozen=True)
+class CoarseToFine:
+    """Matches from :func:`match_coarse_to_fine` and the number of similarity scores computed.
+
+    Attributes:
+        xy: (Q, 2) predicted positions in b.
+        coarse_scores: Q x (P / factor^2), the correlation at the coarse level.
+        fine_scores: Q x (2 * window * factor + 1)^2 at most, the local search.
+    """
+
+    xy: torch.Tensor
+    coarse_scores: int
+    fine_scores: int
+
+
+def match_coarse_to_fine(image_a: torch.Tensor, image_b: torch.Tensor, queries: torch.Tensor, *,
+                         anchors: Anchors | None, factor: int = 2, window: int = 1, sigma: float = 8.0,
+                         weight: float = 1.0, seed: int = 0) -> CoarseToFine:
+    """Match at a coarse level, then refine in a small window at full resolution.
+
+    Both images are average-pooled by ``factor``, described and matched densely (anchors and
+    ``sigma`` scaled down with them); each coarse match is then refined over the full-resolution
+    pixels within ``window * factor`` of it, by the same score (descriptor plus anchor context).
+    The dense correlation shrinks by ``factor^2``; the refinement costs a fixed window per query.
+    """
+    factor = check_int("factor", factor, 1)
+    window = check_int("window", window, 0)
+    check_tensor("image_a", image_a, dims=2, dtype="float", shape="(H, W)")
+    check_tensor("image_b", image_b, dims=2, dtype="float", shape="(H, W)")
+    h, w = image_a.shape
+    if image_b.shape != image_a.shape or h % factor or w % factor:
+        raise ValueError(f"image_a and image_b must have one shape divisible by factor={factor}, got "
+                         f"{tuple(image_a.shape)} and {tuple(image_b.shape)}")
+    wc = w // factor
+    small = lambda im: F.avg_pool2d(im[None, None], factor)[0, 0]  # noqa: E731
+    da_c, db_c = describe(small(image_a), seed=seed), describe(small(image_b), seed=seed)
+    xy_q = _xy(queries, w)
+    q_c = (xy_q[:, 1] // factor * wc + xy_q[:, 0] // factor).long()
+    coarse_anchors = None
+    if anchors is not None:
+        coarse_anchors = Anchors(anchors.xy_a / factor, anchors.xy_b / factor)
+    coarse = match(da_c, db_c, q_c, width=wc, anchors=coarse_anchors, sigma=sigma / factor, weight=weight)
+    centre = coarse * factor + (factor - 1) / 2  # (Q, 2) in full-resolution pixels
+    # refine: every query scores the full-resolution pixels in its window
+    da, db = describe(image_a, seed=seed), describe(image_b, seed=seed)
+    reach = window * factor
+    offsets = torch.stack(torch.meshgrid(torch.arange(-reach, reach + 1), torch.arange(-reach, reach + 1),
+                                         indexing="xy"), dim=-1).reshape(-1, 2)  # (S, 2)
+    cand = (centre.round()[:, None, :] + offsets[None]).long()  # (Q, S, 2)
+    cand[..., 0].clamp_(0, w - 1)
+    cand[..., 1].clamp_(0, h - 1)
+    idx = cand[..., 1] * w + cand[..., 0]  # (Q, S)
+    score = (da[queries][:, None, :] * db[idx]).sum(-1)  # (Q, S)
+    if anchors is not None and len(anchors) >= 2:
+        spread = lambda p: (p - p.mean(0)).norm(dim=1).mean().clamp(min=1e-6)  # noqa: E731
+        s = float(spread(anchors.xy_b) / spread(anchors.xy_a))
+        ctx_a = anchor_context(xy_q, anchors.xy_a, sigma=sigma)  # (Q, A)
+        ctx_b = anchor_context(_xy(idx.flatten(), w), anchors.xy_b, sigma=sigma * s).reshape(*idx.shape, -1)
+        score = score + weight * (ctx_a[:, None, :] * ctx_b).sum(-1)
+    best = score.argmax(dim=1)
+    xy = cand[torch.arange(len(queries)), best].float()
+    return CoarseToFine(xy, len(queries) * da_c.shape[0], len(queries) * offsets.shape[0])

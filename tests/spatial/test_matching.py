@@ -14,6 +14,7 @@ from labkit.spatial.matching import (
     find_anchors,
     image_pair,
     match,
+    match_coarse_to_fine,
     mutual_nearest,
     pck,
     queries_inside,
@@ -90,3 +91,17 @@ def test_pck_by_hand_and_errors() -> None:
         describe(torch.zeros(2, 3, 4))
     with pytest.raises(TypeError, match="image"):
         describe(torch.zeros(3, 4, dtype=torch.int64))
+
+
+def test_coarse_to_fine_scores_fewer_pairs_and_still_matches() -> None:
+    pair = image_pair(48, 8, seed=2)
+    da, db = describe(pair.a), describe(pair.b)
+    q, truth = queries_inside(pair, stride=2)
+    anchors = find_anchors(da, db, width=48, stride=2, ratio=0.8)
+    result = match_coarse_to_fine(pair.a, pair.b, q, anchors=anchors, factor=2, window=1)
+    # coarse: Q x (48 / 2)^2 scores; fine: Q x (2 * 1 * 2 + 1)^2 = 25 per query
+    assert result.coarse_scores == len(q) * 24 * 24 and result.fine_scores == len(q) * 25
+    assert result.coarse_scores + result.fine_scores < len(q) * 48 * 48
+    assert pck(result.xy, truth, 2.0) > pck(match(da, db, q, width=48), truth, 2.0)
+    with pytest.raises(ValueError, match="divisible by factor"):
+        match_coarse_to_fine(pair.a, pair.b, q, anchors=None, factor=5)
