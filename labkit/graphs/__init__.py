@@ -29,7 +29,10 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   generator, TC-raising edge weights);
 - STABLE (``stable``), chapter 02 section 03 "STABLE": :mod:`~labkit.graphs.robust` (random,
   DICE and degree-targeted structure attacks; contrastive embeddings, refinement and the
-  self-weighted GCN).
+  self-weighted GCN);
+- SPEN (``spen``), chapter 02 section 04 "Beyond 1-WL": :mod:`~labkit.graphs.expressivity`
+  (ego-nets, the equivariant layer with its matrix-product term, a 1-WL-bounded MPNN, the
+  1-WL-equal pairs).
 """
 
 from .bpr import bpr_batches, bpr_loss
