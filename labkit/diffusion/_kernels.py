@@ -57,13 +57,18 @@ MAX_TILE = 4096
 
 
 @triton.jit
-def _silu_tile_store(x, rows, cols, group_channels, mask, w_ptr, b_ptr, y_ptr, mean, rstd,
-                     stride_yc, stride_ys):
-    """Affine map with the group's statistics, SiLU, store: one (BLOCK_C, BLOCK_S) tile of y."""
+def _silu_tile_store(x, rows, cols, group_channels, mask, w_ptr, b_ptr, y_ptr,
+                     mean, rstd, stride_yc, stride_ys):
+    """Affine map with the group's statistics, SiLU, store: one tile of y.
+
+    The tile is (BLOCK_C, BLOCK_S): ``rows`` are channels, ``cols`` positions.
+    """
     row_ok = rows < group_channels
-    gamma = tl.load(w_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)  # (BLOCK_C,)
+    # (BLOCK_C,)
+    gamma = tl.load(w_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     beta = tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    # per channel; (x - mean) first: x * scale + (beta - mean * scale) would cancel
+    # per channel; (x - mean) first: x * scale + (beta - mean * scale)
+    # would cancel
     scale = gamma * rstd
     # padding lanes set to 0: no exp overflow
     y = tl.where(mask, (x - mean) * scale[:, None] + beta[:, None], 0.0)

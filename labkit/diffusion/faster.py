@@ -209,9 +209,11 @@ def sample_propagated(model: TinyUNet, schedule: NoiseSchedule, *, n: int, steps
                 G = len(group)
                 t_all = torch.tensor([ts[k] for k in group], device=device)
                 t_all = t_all.repeat_interleave(n)  # (G*B,)
-                emb = model.embed(t_all, None if y is None else y.repeat(G))  # (G*B, E)
+                y_all = None if y is None else y.repeat(G)
+                emb = model.embed(t_all, y_all)  # (G*B, E)
                 wide = Features(h=feats.h.repeat(G, 1, 1, 1),
-                                skips=[s.repeat(G, 1, 1, 1) for s in feats.skips], emb=emb)
+                                skips=[s.repeat(G, 1, 1, 1) for s in feats.skips],
+                                emb=emb)
                 # one decoder call for the G steps: G x (B, C, H, W)
                 eps_group = list(model.decode(wide).split(n))
         if eps_group:

@@ -207,9 +207,9 @@ def unmerge_loras(model: nn.Module, merged: MergedWeights) -> None:
         layers[name].weight.copy_(w)
 
 
-def _branch(mod: nn.Module, down: torch.Tensor, up: torch.Tensor, x: torch.Tensor,
-            mask: torch.Tensor | None) -> torch.Tensor:
-    """The stacked low-rank branch ``s U (D x)`` of one layer, masked per image if asked."""
+def _branch(mod: nn.Module, down: torch.Tensor, up: torch.Tensor,
+            x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The stacked low-rank branch ``s U (D x)`` of one layer (mask: per image)."""
     if isinstance(mod, nn.Linear):
         h = F.linear(x, down)  # (B, I) -> (B, Kr)
         return F.linear(h if mask is None else h * mask, up)  # (B, O)

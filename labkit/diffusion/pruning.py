@@ -201,7 +201,8 @@ def output_losses(model: TinyUNet, calib: CalibrationSet,
     Returns:
         One mean squared difference per pixel for each set, in order.
     """
-    full = _eps(_check_model(model), calib)  # (N, C, H, W), computed once for all sets
+    # (N, C, H, W), computed once for all sets
+    full = _eps(_check_model(model), calib)
     losses = []
     for subset in subsets:
         with skipped(model, list(subset)):

@@ -141,9 +141,11 @@ def _check_data(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | No
 
 
 def _simple_loss(model: TinyUNet, schedule: NoiseSchedule, x0: torch.Tensor,
-                 y: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                 y: torch.Tensor | None, t: torch.Tensor,
+                 noise: torch.Tensor) -> torch.Tensor:
     x_t = schedule.q_sample(x0, t, noise)
-    # eq. 14: L_simple = E || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
+    # eq. 14: L_simple = E || eps - eps_theta(x_t, t) ||^2,
+    #         x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     return F.mse_loss(model(x_t, t, y), noise)
 
 
