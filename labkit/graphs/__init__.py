@@ -32,7 +32,9 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   self-weighted GCN);
 - SPEN (``spen``), chapter 02 section 04 "Beyond 1-WL": :mod:`~labkit.graphs.expressivity`
   (ego-nets, the equivariant layer with its matrix-product term, a 1-WL-bounded MPNN, the
-  1-WL-equal pairs).
+  1-WL-equal pairs);
+- DHT (``dht``), chapter 02 section 04 "Beyond 1-WL": :mod:`~labkit.graphs.hypergraph` (the
+  dual hypergraph's incidence and convolution, HyperDrop, the edge task and its node baseline).
 """
 
 from .bpr import bpr_batches, bpr_loss
