@@ -138,13 +138,15 @@ def controls_below(fig, *, gap: float = 0.28, margin: int = 150):
 
     Each ``updatemenus`` and ``sliders`` entry is anchored at its top ``gap`` (a fraction of the
     plot height) below the plot, left-aligned, and the bottom margin grows to ``margin`` pixels
-    to make room. Returns the figure.
+    to make room. Dropdowns open upwards, over the plot, so a long list is not cut off at the
+    figure's lower edge. Returns the figure.
     """
     if not (isinstance(gap, (int, float)) and not isinstance(gap, bool) and gap >= 0):
         raise ValueError(f"gap must be a number >= 0, got {gap!r}")
     check_int("margin", margin, 0)
     fig.update_layout(margin=dict(b=margin))
-    fig.update_layout(updatemenus=[dict(m.to_plotly_json(), x=0.0, xanchor="left", y=-gap, yanchor="top")
+    fig.update_layout(updatemenus=[dict(m.to_plotly_json(), x=0.0, xanchor="left", y=-gap, yanchor="top",
+                                        direction="up")
                                    for m in fig.layout.updatemenus])
     fig.update_layout(sliders=[dict(s.to_plotly_json(), x=0.0, xanchor="left", y=-gap, yanchor="top", len=1.0)
                                for s in fig.layout.sliders])

@@ -57,6 +57,7 @@ def test_controls_below_moves_menus_and_sliders_under_the_plot() -> None:
                       sliders=[dict(steps=[dict(label="s", method="update", args=[{}])])])
     controls_below(fig, gap=0.3, margin=120)
     assert fig.layout.updatemenus[0].y == -0.3 and fig.layout.updatemenus[0].yanchor == "top"
+    assert fig.layout.updatemenus[0].direction == "up"  # a long list stays inside the figure
     assert fig.layout.sliders[0].y == -0.3 and fig.layout.margin.b == 120
     with pytest.raises(ValueError, match="gap"):
         controls_below(fig, gap=-1)
