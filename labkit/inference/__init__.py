@@ -1,0 +1,15 @@
+"""Adaptive depth and parallel decoding on the tiny GPT (chapter 06).
+
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- Duo-LLM (``duo_llm``), chapter 06 section 01 "Duo-LLM": :mod:`~labkit.inference.duo`
+  (a GPT whose every feed-forward layer has a small and a big module and a skip, trained with
+  random per-token routes; the one-big-layer oracle; per-layer linear routers trained on the
+  oracle's choices).
+"""
+
+from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
+                  train_duo, train_routers)
+
+__all__ = ["DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+           "train_duo", "train_routers"]
