@@ -1,0 +1,29 @@
+"""Learning to communicate (chapter 16): information, coupling and learned messages.
+
+Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
+
+- Opening the Black Box of Deep Neural Networks via Information (``information_plane``),
+  chapter 16 section 01 "The information plane": :mod:`~labkit.infocomm.infoplane` (the
+  symmetric 12-bit task, the 12-10-7-5-4-3-2 net, binned mutual information and the KDE
+  upper bound).
+"""
+
+from .infoplane import (
+    InfoPlaneRun,
+    binned_information,
+    discretise,
+    entropy_bits,
+    kde_upper_bound,
+    symmetric_task,
+    train_info_net,
+)
+
+__all__ = [
+    "InfoPlaneRun",
+    "binned_information",
+    "discretise",
+    "entropy_bits",
+    "kde_upper_bound",
+    "symmetric_task",
+    "train_info_net",
+]
