@@ -20,6 +20,12 @@ Section 01, "Collectives from send/recv" (no paper of the list of its own):
 bus-bandwidth factors). Worker functions for :func:`labkit.dist.launch` live in ``_workers.py``
 and beside their mechanism; :mod:`~labkit.comm.report` lays out the chapter's tables and
 figures (the leaf-spine drawing, slider figures, the overlap timeline).
+
+Chapter 12, "Communication-efficient training", builds on these collectives:
+
+- 1-bit Adam (``one_bit_adam``), section 01 "1-bit Adam": :mod:`~labkit.comm.onebit` (sign
+  compression with error feedback, the two-hop compressed all-reduce on real and simulated
+  ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``.
 """
 
 from .bytescale import dynamic_assignment, sample_lengths, static_mesh_assignment

@@ -52,6 +52,7 @@ __all__ = [
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64,
 )
+_RECORD_DTYPES = (*SUPPORTED_DTYPES, torch.uint8)  # uint8 only where a call opts in
 _MAX_NDIM = 8  # shapes are compared through a fixed-length int64 record
 
 
@@ -108,8 +109,12 @@ def tree_peer(rank: int, round_: int, world_size: int) -> tuple[str, int] | None
 
 # --- checks ---------------------------------------------------------------------------------------
 
-def _check(name: str, tensor: torch.Tensor, counter: ByteCounter | None, check_shapes: bool) -> tuple[int, int]:
-    """Validate the group and the tensor; return ``(rank, world_size)``."""
+def _check(name: str, tensor: torch.Tensor, counter: ByteCounter | None, check_shapes: bool,
+           allow_uint8: bool = False) -> tuple[int, int]:
+    """Validate the group and the tensor; return ``(rank, world_size)``.
+
+    ``allow_uint8`` admits raw bytes, for the collectives that only move data (never reduce).
+    """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name}: tensor must be a torch.Tensor, got {type(tensor).__name__}")
     if counter is not None and not isinstance(counter, ByteCounter):
@@ -117,7 +122,7 @@ def _check(name: str, tensor: torch.Tensor, counter: ByteCounter | None, check_s
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(f"{name}: the default process group is not initialised (call init_process_group, "
                          "or run under labkit.dist.launch)")
-    if tensor.dtype not in SUPPORTED_DTYPES:
+    if not (tensor.dtype in SUPPORTED_DTYPES or (allow_uint8 and tensor.dtype == torch.uint8)):
         raise TypeError(f"{name}: tensor dtype must be one of {[str(d) for d in SUPPORTED_DTYPES]}, got {tensor.dtype}")
     if tensor.dim() > _MAX_NDIM:
         raise ValueError(f"{name}: tensor must have at most {_MAX_NDIM} dimensions, got {tensor.dim()}")
@@ -131,14 +136,14 @@ def _check(name: str, tensor: torch.Tensor, counter: ByteCounter | None, check_s
 
 def _check_same_shape(name: str, tensor: torch.Tensor, world_size: int) -> None:
     """All-gather every rank's (dtype, shape) record and raise on every rank if they differ."""
-    dtype_code = SUPPORTED_DTYPES.index(tensor.dtype)
+    dtype_code = _RECORD_DTYPES.index(tensor.dtype)
     mine = torch.full((_MAX_NDIM + 2,), -1, dtype=torch.int64)
     mine[0], mine[1] = dtype_code, tensor.dim()
     mine[2:2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
     records = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(records, mine)
     if any(not torch.equal(r, records[0]) for r in records):
-        seen = ", ".join(f"rank {i}: {SUPPORTED_DTYPES[int(r[0])]} {tuple(int(d) for d in r[2:2 + int(r[1])])}"
+        seen = ", ".join(f"rank {i}: {_RECORD_DTYPES[int(r[0])]} {tuple(int(d) for d in r[2:2 + int(r[1])])}"
                          for i, r in enumerate(records))
         raise ValueError(f"{name}: tensor shapes and dtypes must be equal on every rank, got {seen}")
 
@@ -209,19 +214,20 @@ def ring_reduce_scatter(tensor: torch.Tensor, *, counter: ByteCounter | None = N
 
 
 def ring_all_gather(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
-                    check_shapes: bool = True) -> torch.Tensor:
+                    check_shapes: bool = True, allow_uint8: bool = False) -> torch.Tensor:
     """Ring all-gather: every rank gets all ranks' tensors, stacked in rank order.
 
     Args:
         tensor: this rank's piece, any shape; same shape and dtype on every rank.
         counter: if given, incremented by this rank's payload bytes.
         check_shapes: verify the shapes agree across ranks first.
+        allow_uint8: also accept uint8 (packed bits; no arithmetic happens on them).
 
     Returns:
         A new tensor of shape ``(n, *tensor.shape)``, like ``dist.all_gather`` stacked. Each rank
         sends ``(n - 1)`` pieces, i.e. ``(n - 1) / n`` of the output's bytes.
     """
-    rank, n = _check("ring_all_gather", tensor, counter, check_shapes)
+    rank, n = _check("ring_all_gather", tensor, counter, check_shapes, allow_uint8)
     out = torch.empty((n, *tensor.shape), dtype=tensor.dtype)
     out[rank] = tensor.detach()
     _ring_all_gather_(list(out.reshape(n, -1).unbind(0)), rank, n, counter)
@@ -294,19 +300,20 @@ def tree_all_reduce(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
 
 
 def all_to_all(tensor: torch.Tensor, *, counter: ByteCounter | None = None,
-               check_shapes: bool = True) -> torch.Tensor:
+               check_shapes: bool = True, allow_uint8: bool = False) -> torch.Tensor:
     """Pairwise all-to-all: chunk j of rank r goes to rank j; n - 1 steps of one exchange each.
 
     Args:
         tensor: this rank's tensor, any shape (flattened, cut by :func:`chunk_sizes`).
         counter: if given, incremented by this rank's payload bytes (``S - |chunk r|`` sent).
         check_shapes: verify the shapes agree across ranks first.
+        allow_uint8: also accept uint8 (packed bits; no arithmetic happens on them).
 
     Returns:
         A new 1-D tensor: chunk r of rank 0, chunk r of rank 1, ..., chunk r of rank n-1
         (``n * |chunk r|`` elements, which is N when n divides N; like ``dist.all_to_all``).
     """
-    rank, n = _check("all_to_all", tensor, counter, check_shapes)
+    rank, n = _check("all_to_all", tensor, counter, check_shapes, allow_uint8)
     chunks = _flat(tensor).tensor_split(n)
     mine = chunks[rank].numel()
     out = torch.empty(n * mine, dtype=tensor.dtype)
