@@ -57,7 +57,8 @@ from labkit.data.corpus import stdlib_corpus  # noqa: E402
 from labkit.diffusion import (UNetConfig, ddpm_recipe, digits_split, pretrained_classifier,  # noqa: E402
                               pretrained_ddpm, train_ddpm)
 from labkit.diffusion.quality import _train_classifier  # noqa: E402
-from labkit.lm import GPTConfig, TrainConfig, evaluate, pretrained_gpt, tiny_gpt_recipe, train_gpt  # noqa: E402
+from labkit.lm import (GPTConfig, TrainConfig, deep_gpt_recipe, evaluate, pretrained_gpt,  # noqa: E402
+                       tiny_gpt_recipe, train_gpt)
 from labkit.moe.languages import multilanguage_corpus  # noqa: E402
 
 MANIFEST = artifacts.COMMITTED_DIR / artifacts.MANIFEST_NAME
@@ -254,6 +255,7 @@ def catalogue() -> list[Animal]:
         if cfg.n_layer < 4:  # 10/04: FoldGPT needs 4 blocks, so at ci it trains a 4-block teacher
             animals.append(_gpt("10/04 four-block teacher", tier, replace(cfg, n_layer=4), recipe))
         animals += _chapter05(tier)
+        animals.append(_gpt("06 deep GPT: deep_gpt_recipe", tier, *deep_gpt_recipe(tier)))
         # chapters 09/01, 09/02, 09/04, 10/02, 10/03; 09/03 prunes a deeper, narrower UNet
         animals.append(_ddpm("tiny DDPM: UNetConfig()", tier, UNetConfig()))
         animals.append(_ddpm("09/03 UNet to prune", tier, UNetConfig(n_res=3, base_channels=16)))

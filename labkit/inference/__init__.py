@@ -6,10 +6,14 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   (a GPT whose every feed-forward layer has a small and a big module and a skip, trained with
   random per-token routes; the one-big-layer oracle; per-layer linear routers trained on the
   oracle's choices).
+- γ-MoD (``gamma_mod``), chapter 06 section 02 "γ-MoD": :mod:`~labkit.inference.mod` (ARank,
+  the numerical rank of attention maps; mixture-of-depths blocks with fine-tuned routers), on the
+  GPT forward pass with skip masks and attention maps of :mod:`~labkit.inference.hooks`.
 """
 
+from . import hooks, mod
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["hooks", "mod", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]

@@ -31,3 +31,15 @@ def test_bad_tiers() -> None:
         tiny_gpt_recipe("fast")
     with pytest.raises(TypeError, match="tier must be a string"):
         tiny_gpt_recipe(0)
+
+
+def test_deep_recipe_is_deeper_than_the_tiny_one() -> None:
+    from labkit.lm import deep_gpt_recipe
+
+    cfg, recipe = deep_gpt_recipe("ci")
+    assert (cfg.n_layer, cfg.d_model, cfg.block_size, cfg.ffn) == (6, 64, 64, "dense")
+    assert (recipe.steps, recipe.batch_size, recipe.eval_every) == (200, 16, 50)  # 200 // 4
+    for tier in TIERS:
+        assert deep_gpt_recipe(tier)[0].n_layer > tiny_gpt_recipe(tier)[0].n_layer
+    with pytest.raises(ValueError, match="unknown tier"):
+        deep_gpt_recipe("fast")
