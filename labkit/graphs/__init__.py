@@ -35,6 +35,13 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   1-WL-equal pairs);
 - DHT (``dht``), chapter 02 section 04 "Beyond 1-WL": :mod:`~labkit.graphs.hypergraph` (the
   dual hypergraph's incidence and convolution, HyperDrop, the edge task and its node baseline).
+
+Chapter 04, message passing over time, tables and circuits (imported from their modules):
+
+- Graph Mamba (``graph_mamba``), chapter 04 section 01 "Graph Mamba":
+  :mod:`~labkit.graphs.ssm` (the selective scan, as a recurrence and as a parallel associative
+  scan) and :mod:`~labkit.graphs.graph_mamba` (neighbourhood tokens, degree ordering, the
+  bidirectional scan over nodes, the long-range task and its k-layer MPNN baseline).
 """
 
 from .bpr import bpr_batches, bpr_loss
