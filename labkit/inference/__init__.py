@@ -9,11 +9,14 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 - γ-MoD (``gamma_mod``), chapter 06 section 02 "γ-MoD": :mod:`~labkit.inference.mod` (ARank,
   the numerical rank of attention maps; mixture-of-depths blocks with fine-tuned routers), on the
   GPT forward pass with skip masks and attention maps of :mod:`~labkit.inference.hooks`.
+- Unified Layer Skipping (``unified_layer_skipping``) and FFN-SkipLLM (``ffn_skipllm``),
+  chapter 06 section 03 "Layer skipping": :mod:`~labkit.inference.skipping` (the skip count from
+  a target speed-up, evenly spread layers; the FFN cosine and per-window FFN skips).
 """
 
-from . import hooks, mod
+from . import hooks, mod, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["hooks", "mod", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["hooks", "mod", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]
