@@ -41,7 +41,10 @@ Chapter 04, message passing over time, tables and circuits (imported from their 
 - Graph Mamba (``graph_mamba``), chapter 04 section 01 "Graph Mamba":
   :mod:`~labkit.graphs.ssm` (the selective scan, as a recurrence and as a parallel associative
   scan) and :mod:`~labkit.graphs.graph_mamba` (neighbourhood tokens, degree ordering, the
-  bidirectional scan over nodes, the long-range task and its k-layer MPNN baseline).
+  bidirectional scan over nodes, the long-range task and its k-layer MPNN baseline);
+- Relational Deep Learning (``relational_deep_learning``), chapter 04 section 03 "Relational
+  deep learning": :mod:`~labkit.graphs.relational` (the SQLite shop, ``Database``/``Table``/
+  ``EntityTask``, the time-respecting sampler, the heterogeneous GNN, SQL ``GROUP BY`` features).
 """
 
 from .bpr import bpr_batches, bpr_loss
