@@ -15,6 +15,11 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 - PCPP (``pcpp``), with DistriFusion, section 04: :mod:`~labkit.diffusion.patch_parallel`
   (stale halos, partial conditioning, bytes of both transports).
 
+Chapter 08, diffusion training as multi-task learning: negative transfer
+(``negative_transfer``), section 01 "Negative transfer between denoising tasks":
+:mod:`~labkit.diffusion.affinity` (task affinity from gradients, interval clustering of the
+timesteps by dynamic programming, short continuations on a cluster of steps).
+
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
 :mod:`~labkit.diffusion.unet` (the UNet, split into encoder and decoder),
