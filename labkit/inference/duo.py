@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from labkit.data.corpus import TextCorpus
+from labkit.lm.gpt import CausalSelfAttention
 from labkit.runtime import seed_everything
 from labkit.validation import check_int, check_real, check_tokens
 
@@ -73,26 +74,11 @@ def _mlp(d: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
 
 
-class _Attention(nn.Module):
-    def __init__(self, cfg: DuoConfig) -> None:
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # (B, T, D) each
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
-
-
 class _DuoBlock(nn.Module):
     def __init__(self, cfg: DuoConfig) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = _Attention(cfg)
+        self.attn = CausalSelfAttention(cfg)  # the lab GPT's; reads n_head, d_model
         self.small, self.big = _mlp(cfg.d_model, cfg.d_small), _mlp(cfg.d_model, cfg.d_big)
 
 
