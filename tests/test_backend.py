@@ -136,7 +136,9 @@ def test_auto_runs_the_reference_on_a_gpu_older_than_triton_supports(monkeypatch
 
 def test_import_labkit_does_not_import_plotly() -> None:
     """The kernels and benchmarks run on GPU hosts without plotly; ``labkit.styled`` still works."""
-    code = ("import sys, labkit, labkit.quant, labkit.mpc, labkit.graphs, labkit.moe; "
+    packages = "labkit.intro, labkit.graphs, labkit.moe, labkit.diffusion, labkit.quant, " \
+               "labkit.comm, labkit.mpc"  # every package with a kernel
+    code = (f"import sys, labkit, {packages}; "
             "print('plotly' in sys.modules); labkit.styled; print('plotly' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]

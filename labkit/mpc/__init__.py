@@ -47,7 +47,7 @@ from .runtime import RUNTIMES, MPCRun, run
 from .shared import Shared, cat, stack
 from .sharing import chi_square_uniform, ks_two_sample, reconstruct, reconstruct_xor, share, share_xor
 
-from . import approx, approx_cost, attack, report, transformer
+from . import approx, approx_cost, attack, transformer  # report (plotly) loads on use
 from .approx import gelu, layer_norm, reciprocal, rsqrt, softmax
 from .ringmm import balanced_bytes, check_ring_operands, ring_matmul, ring_matmul_limbs, ring_matmul_reference
 
@@ -55,7 +55,6 @@ __all__ = [
     "approx",
     "approx_cost",
     "attack",
-    "report",
     "transformer",
     "gelu",
     "layer_norm",
