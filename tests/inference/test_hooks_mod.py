@@ -8,18 +8,14 @@ import torch
 from labkit.inference.hooks import attention_probs, hooked_forward
 from labkit.inference.mod import MoDBlock, attention_rank, layer_aranks, mod_macs
 from labkit.lm import GPT, GPTConfig
+from tests.inference._models import perturbed_gpt
 
 CFG = GPTConfig(n_layer=3, n_head=2, d_model=16, d_ff=32, block_size=12)
 
 
 @pytest.fixture
 def model() -> GPT:
-    torch.manual_seed(0)
-    m = GPT(CFG, init_seed=0).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m
+    return perturbed_gpt(CFG)
 
 
 def _idx(seed: int = 0, T: int = 12) -> torch.Tensor:

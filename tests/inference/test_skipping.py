@@ -9,18 +9,14 @@ from labkit.inference.hooks import hooked_forward
 from labkit.inference.skipping import (contiguous_layers, even_layers, ffn_cosines, ffn_skip_forward,
                                        predicted_speedup, skip_count)
 from labkit.lm import GPT, GPTConfig
+from tests.inference._models import perturbed_gpt
 
 CFG = GPTConfig(n_layer=4, n_head=2, d_model=16, d_ff=32, block_size=12)
 
 
 @pytest.fixture
 def model() -> GPT:
-    torch.manual_seed(0)
-    m = GPT(CFG, init_seed=0).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m
+    return perturbed_gpt(CFG)
 
 
 def _idx(seed: int = 0) -> torch.Tensor:
