@@ -12,11 +12,13 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 - Unified Layer Skipping (``unified_layer_skipping``) and FFN-SkipLLM (``ffn_skipllm``),
   chapter 06 section 03 "Layer skipping": :mod:`~labkit.inference.skipping` (the skip count from
   a target speed-up, evenly spread layers; the FFN cosine and per-window FFN skips).
+- :mod:`~labkit.inference.kvcache`: a KV cache for the lab GPT (prefill, one-token decode steps,
+  several positions under an explicit mask for tree verification), shared with chapter 07.
 """
 
-from . import hooks, mod, skipping
+from . import hooks, kvcache, mod, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["hooks", "mod", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["hooks", "kvcache", "mod", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]
