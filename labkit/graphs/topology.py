@@ -8,10 +8,15 @@ the K-hop neighbourhoods S_i and S_j overlap, averaged over the neighbours,
 
     TC_i = mean_{j in N(i)} |S_i & S_j| / g(S_i, S_j).
 
-The paper leaves ``g`` as a normalisation; we take the union, ``|S_i | S_j|`` (a Jaccard
-overlap, so TC lies in [0, 1] and a hub is not concentrated just by being large). The
-intersections of all edges at once are common-neighbour counts on the K-hop reachability graph,
-so chapter 02's :func:`~labkit.graphs.ncn.common_neighbour_counts` computes them.
+The paper writes ``g`` as a normalisation; the authors' public code (repository
+``YuWVandy/Topo_LP_GNN``, its TC routine) divides by the size of node i's own neighbourhood,
+less one for the neighbour j itself, which S_j cannot contain: ``g = |S_i| - 1``, so each term
+is the share of i's other K-hop nodes that j also reaches, and TC lies in [0, 1]. At K = 1 this
+is that code's value exactly; for K > 1 the code counts walks per hop and weighs hop pairs by a
+decay, where we use the K-hop *sets*. The intersections of all edges at once are
+common-neighbour counts on the K-hop reachability graph, so chapter 02's
+:func:`~labkit.graphs.ncn.common_neighbour_counts` computes them. ``normalisation="union"``
+gives the symmetric Jaccard variant ``g = |S_i | S_j|`` for comparison.
 
 Exact TC needs the K-hop sets, whose size explodes with K. ATC replaces them by K rounds of
 propagating random vectors (the same ``spmm`` as a GCN layer) and compares neighbours by cosine
@@ -81,20 +86,28 @@ def _edge_mean(values: torch.Tensor, edge_index: torch.Tensor, num_nodes: int) -
     return total / count
 
 
-def topological_concentration(edge_index: torch.Tensor, num_nodes: int, *, k: int = 1) -> torch.Tensor:
-    """Exact TC of every node: (N,) in [0, 1] (module docstring; union normalisation).
+def topological_concentration(edge_index: torch.Tensor, num_nodes: int, *, k: int = 1,
+                              normalisation: str = "own") -> torch.Tensor:
+    """Exact TC of every node: (N,) in [0, 1] (module docstring).
 
     Args:
         edge_index: (2, M) undirected graph (both directions).
         num_nodes: N.
         k: hops of the neighbourhoods S_i, at least 1.
+        normalisation: ``"own"`` (the authors' code: ``|S_i| - 1``) or ``"union"``
+            (Jaccard: ``|S_i | S_j|``).
     """
+    if normalisation not in ("own", "union"):
+        raise ValueError(f"normalisation must be 'own' or 'union', got {normalisation!r}")
     # show: start tc
     reach = khop_reach(edge_index, num_nodes, k)  # S_i as rows
     size = spmm(reach, torch.ones(num_nodes, 1)).squeeze(1)  # |S_i|
     inter = common_neighbour_counts(reach, edge_index)  # |S_i & S_j| per edge
-    union = size[edge_index[0]] + size[edge_index[1]] - inter
-    overlap = inter / union.clamp(min=1)
+    if normalisation == "own":  # i's K-hop nodes other than j (S_j never holds j)
+        norm = size[edge_index[0]] - 1
+    else:
+        norm = size[edge_index[0]] + size[edge_index[1]] - inter
+    overlap = inter / norm.clamp(min=1)
     return _edge_mean(overlap, edge_index, num_nodes)  # mean over j in N(i)
     # show: end tc
 

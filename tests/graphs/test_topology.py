@@ -24,10 +24,26 @@ TOY = undirected(torch.tensor([[0, 0, 1, 2], [1, 2, 2, 3]]))
 
 def test_tc_by_hand() -> None:
     # S0 = {1, 2}, S1 = {0, 2}, S2 = {0, 1, 3}, S3 = {2}
-    # TC0 = (|{2}| / |{0,1,2}| + |{1}| / |{0,1,2,3}|) / 2 = (1/3 + 1/4) / 2
-    # TC2 = (1/4 + 1/4 + 0/4) / 3: edge (2, 3) shares nothing, union {0, 1, 2, 3}
+    # own normalisation |S_i| - 1: TC0 = (|{2}| / 1 + |{1}| / 1) / 2 = 1
+    # TC2 = (|{1}| / 2 + |{0}| / 2 + 0 / 2) / 3 = 1/3; TC3 = 0 / max(1, 0) = 0
     tc = topological_concentration(TOY, 4, k=1)
+    assert tc.tolist() == pytest.approx([1.0, 1.0, 1 / 3, 0.0])
+    # union: TC0 = (|{2}| / |{0,1,2}| + |{1}| / |{0,1,2,3}|) / 2 = (1/3 + 1/4) / 2
+    # TC2 = (1/4 + 1/4 + 0/4) / 3: edge (2, 3) shares nothing, union {0, 1, 2, 3}
+    tc = topological_concentration(TOY, 4, k=1, normalisation="union")
     assert tc.tolist() == pytest.approx([7 / 24, 7 / 24, 1 / 6, 0.0])
+
+
+def test_tc_at_one_hop_is_common_neighbours_over_degree_less_one() -> None:
+    # K = 1, own normalisation: TC_i = mean_j CN(i, j) / (deg(i) - 1), 0 where deg(i) = 1
+    g = concentration_graph(90, 3, seed=2)
+    nxg = nx.Graph(g.edge_index.T.tolist())
+    nxg.add_nodes_from(range(90))
+    expected = [sum(len(list(nx.common_neighbors(nxg, i, j))) / max(1, nxg.degree(i) - 1)
+                    for j in nxg[i]) / max(1, nxg.degree(i)) for i in range(90)]
+    got = topological_concentration(g.edge_index, 90, k=1)
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)
+    assert float(got.max()) <= 1.0 + 1e-6
 
 
 def test_khop_reach_matches_shortest_paths() -> None:
@@ -49,9 +65,13 @@ def test_tc_matches_a_direct_set_computation() -> None:
     nxg = nx.Graph(g.edge_index.T.tolist())
     nxg.add_nodes_from(range(80))
     sets = {i: set(nx.single_source_shortest_path_length(nxg, i, cutoff=2)) - {i} for i in range(80)}
-    expected = [sum(len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for j in nxg[i]) / max(1, len(nxg[i]))
+    expected = [sum(len(sets[i] & sets[j]) / max(1, len(sets[i]) - 1) for j in nxg[i]) / max(1, len(nxg[i]))
                 for i in range(80)]
     assert topological_concentration(g.edge_index, 80, k=2).tolist() == pytest.approx(expected, abs=1e-6)
+    jaccard = [sum(len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for j in nxg[i]) / max(1, len(nxg[i]))
+               for i in range(80)]
+    union = topological_concentration(g.edge_index, 80, k=2, normalisation="union")
+    assert union.tolist() == pytest.approx(jaccard, abs=1e-6)
 
 
 def test_atc_ranks_nodes_like_tc_and_is_seeded() -> None:
@@ -96,6 +116,8 @@ def test_tc_weights_and_weighted_graph() -> None:
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="k must be"):
         topological_concentration(TOY, 4, k=0)
+    with pytest.raises(ValueError, match="normalisation"):
+        topological_concentration(TOY, 4, normalisation="jaccard")
     with pytest.raises(ValueError, match="out of range"):
         topological_concentration(TOY, 3)
     with pytest.raises(ValueError, match="max_outside"):
