@@ -11,16 +11,25 @@ the accuracy falls. STABLE defends in three steps:
    bulk of the honest structure;
 2. refine the graph: drop every edge whose endpoints' embeddings have cosine similarity below a
    threshold, and add each node's top-k most similar nodes as new neighbours;
-3. train a GCN on the refined graph whose propagation weighs each node's own features more than
-   plain GCN's renormalisation does: ``A_hat = (D + lam I)^{-1/2} (A + lam I) (D + lam I)^{-1/2}``
-   with a self-loop weight ``lam >= 1`` (``lam = 1`` is plain GCN). That is our reading of the
-   paper's modified GCN; the paper tunes its hyper-parameters per dataset.
+3. train a GCN on the refined graph with the paper's modified aggregation. As the authors'
+   public code (repository ``likuanppd/STABLE``, its adjacency normalisation) computes it: with
+   ``A~ = A + I`` and ``d = A~ 1``, scale ``A~`` by ``d_i^alpha d_j^alpha`` and, unless
+   ``alpha = -1/2`` (plain GCN's symmetric normalisation), normalise each row to sum to one, so
+   ``A_hat[i, j] = A~[i, j] d_j^alpha / sum_k A~[i, k] d_k^alpha``. With ``alpha > 0`` (the
+   code's default is 0.5) a node listens more to its high-degree neighbours, whose own average
+   a few inserted edges barely move. The paper tunes its hyper-parameters per dataset.
 
 The attacks: random insertion (the control, it barely hurts), DICE (delete edges inside classes,
 connect across them; Waniek et al., "Hiding individuals and communities in a social network",
 arXiv:1608.00375) and degree-targeted cross-class insertion, which points the inserted edges at
-low-degree nodes, whose averages a few edges overturn. Gradient-based attacks (Metattack) are
-left out of the miniature.
+low-degree nodes, whose averages a few edges overturn. The gradient attack follows Metattack
+(Zügner & Günnemann, "Adversarial Attacks on Graph Neural Networks via Meta Learning",
+arXiv:1902.08412), its Meta-Self variant: a linearised two-layer GCN ``softmax(A_hat^2 X W)``
+is trained for a few differentiable gradient steps on the labelled nodes, its loss on the
+unlabelled nodes against self-training labels is differentiated through those steps with
+respect to the dense adjacency (the meta-gradient), and the pairs whose flip raises that loss
+most are flipped greedily, several per step here for speed; the paper flips one per step and
+adds a degree-distribution test we leave out.
 
 Shapes: N nodes, M directed edges (both directions of each undirected edge), F features,
 D embedding size, C classes.
@@ -40,8 +49,8 @@ from .linkpred import undirected, unique_pairs
 from .sparse import spmm
 
 __all__ = ["NodeClassResult", "RefinedGraph", "contrastive_embeddings", "degree_targeted_insertion",
-           "dice_attack", "inserted_mask", "random_insertion", "refine_structure", "robust_adjacency",
-           "stable_defence", "train_node_gcn"]
+           "dice_attack", "inserted_mask", "meta_self_attack", "random_insertion", "refine_structure",
+           "robust_adjacency", "stable_defence", "surrogate_loss", "train_node_gcn"]
 
 
 def _check_ratio(ratio: float) -> float:
@@ -121,16 +130,143 @@ def degree_targeted_insertion(edge_index: torch.Tensor, labels: torch.Tensor, ra
     return undirected(torch.cat([pairs, new], dim=1))
 
 
-def robust_adjacency(edge_index: torch.Tensor, num_nodes: int, *, self_weight: float = 1.0) -> torch.Tensor:
-    """``(D + lam I)^{-1/2} (A + lam I) (D + lam I)^{-1/2}`` as (N, N) CSR; ``lam = 1`` is GCN's."""
+def _dense_gcn_norm(adj: torch.Tensor) -> torch.Tensor:
+    """``D~^{-1/2} (A + I) D~^{-1/2}`` of a dense (N, N) adjacency, differentiable in ``adj``."""
+    a = adj + torch.eye(adj.shape[0], device=adj.device, dtype=adj.dtype)
+    d = a.sum(1).rsqrt()
+    return d[:, None] * a * d[None, :]
+
+
+def _train_linear_gcn(ax: torch.Tensor, labels: torch.Tensor, train: torch.Tensor, n_classes: int,
+                      steps: int, lr: float, seed: int, *, create_graph: bool) -> torch.Tensor:
+    """Logits of ``ax @ W`` after ``steps`` of SGD with momentum 0.9 on the labelled nodes.
+
+    With ``create_graph`` every step stays differentiable, so the returned logits carry the
+    meta-gradient back to ``ax`` (and through it to the adjacency)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(ax.shape[1], n_classes, generator=gen) / ax.shape[1] ** 0.5).to(ax)
+    w.requires_grad_(True)
+    velocity = torch.zeros_like(w)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(ax[train] @ w, labels[train])
+        (grad,) = torch.autograd.grad(loss, w, create_graph=create_graph)
+        velocity = 0.9 * velocity + grad
+        w = w - lr * velocity
+        if not create_graph:
+            w = w.detach().requires_grad_(True)
+            velocity = velocity.detach()
+    return ax @ w
+
+
+def _dense_adjacency(edge_index: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    pairs = unique_pairs(edge_index, n)
+    adj = torch.zeros(n, n, device=device)
+    adj[pairs[0], pairs[1]] = adj[pairs[1], pairs[0]] = 1.0
+    return adj
+
+
+def surrogate_loss(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor,
+                   train: torch.Tensor, *, steps: int = 100, lr: float = 0.1, seed: int = 0) -> float:
+    """Cross-entropy on the unlabelled nodes (``~train``, true labels) of the linearised GCN
+    ``A_hat^2 X W`` trained on ``edge_index``: the quantity a poisoning attack drives up."""
+    n = x.shape[0]
+    check_edge_index(edge_index, n)
+    steps = check_int("steps", steps, 1)
+    a_hat = _dense_gcn_norm(_dense_adjacency(edge_index, n, x.device))
+    logits = _train_linear_gcn(a_hat @ (a_hat @ x), labels, train, int(labels.max()) + 1, steps, lr,
+                               seed, create_graph=False)
+    return nn.functional.cross_entropy(logits[~train], labels[~train]).item()
+
+
+def meta_self_attack(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor,
+                     train: torch.Tensor, ratio: float, *, inner_steps: int = 50, lr: float = 0.1,
+                     flips_per_step: int = 1, no_singletons: bool = True, seed: int = 0) -> torch.Tensor:
+    """Metattack's Meta-Self structure poisoning (module docstring): ``round(ratio * E)`` flips.
+
+    Args:
+        x: (N, F) features; the attack runs on ``x.device``.
+        edge_index: (2, M) the clean undirected graph, both directions.
+        labels: (N,) classes; only ``labels[train]`` is used (the rest get self-training labels).
+        train: (N,) bool, the labelled nodes.
+        ratio: flips as a share of the clean graph's E undirected edges, in [0, 1].
+        inner_steps: differentiable training steps of the surrogate per meta-gradient.
+        flips_per_step: pairs flipped per meta-gradient (1 is the paper's greedy step).
+        no_singletons: never remove a node's last edge.
+
+    Returns:
+        (2, M') the poisoned graph, both directions; each flipped pair differs from the clean
+        graph (a pair is flipped at most once) and exactly ``round(ratio * E)`` pairs differ.
+    """
+    ratio = _check_ratio(ratio)
+    n = x.shape[0]
+    check_edge_index(edge_index, n)
+    if labels.shape != (n,) or train.shape != (n,) or train.dtype != torch.bool:
+        raise ValueError(f"labels and train must have shape ({n},), train of dtype bool")
+    inner_steps = check_int("inner_steps", inner_steps, 1)
+    flips_per_step = check_int("flips_per_step", flips_per_step, 1)
+    lr = check_real("lr", lr, 0.0, strict=True)
+    dev, c = x.device, int(labels.max()) + 1
+    labels, train = labels.to(dev), train.to(dev)
+    adj = _dense_adjacency(edge_index, n, dev)
+    budget = round(ratio * (int(adj.sum().item()) // 2))  # <= E <= N (N - 1) / 2 pairs
+    a_hat = _dense_gcn_norm(adj)
+    clean = _train_linear_gcn(a_hat @ (a_hat @ x), labels, train, c, 2 * inner_steps, lr, seed,
+                              create_graph=False)
+    target = torch.where(train, labels, clean.argmax(1)).detach()  # self-training labels
+    flipped = torch.zeros(n, n, dtype=torch.bool, device=dev)
+    upper = torch.ones(n, n, dtype=torch.bool, device=dev).triu(1)
+    done = 0
+    while done < budget:
+        # show: start meta
+        var = adj.clone().requires_grad_(True)
+        sym = (var + var.T) / 2  # one gradient for both directions of a pair
+        a_hat = _dense_gcn_norm(sym)
+        logits = _train_linear_gcn(a_hat @ (a_hat @ x), labels, train, c, inner_steps, lr, seed,
+                                   create_graph=True)  # W_T(A): T differentiable SGD steps
+        attack_loss = nn.functional.cross_entropy(logits[~train], target[~train])
+        (meta_grad,) = torch.autograd.grad(attack_loss, var)
+        score = meta_grad * (1 - 2 * adj)  # > 0: flipping (i, j) raises the loss
+        score[~upper | flipped] = float("-inf")  # each pair once, no self loops
+        if no_singletons:
+            deg = adj.sum(1)
+            lonely = (adj > 0) & ((deg[:, None] <= 1) | (deg[None, :] <= 1))
+            score[lonely] = float("-inf")  # removing it would isolate a node
+        take = min(flips_per_step, budget - done)
+        best = torch.topk(score.flatten(), take).indices
+        i, j = best // n, best % n
+        # show: end meta
+        if no_singletons:  # two removals at one node in the same step: keep the first
+            deg, keep = adj.sum(1), []
+            for a, b, k in zip(i.tolist(), j.tolist(), range(take)):
+                if adj[a, b] > 0:
+                    if deg[a] <= 1 or deg[b] <= 1:
+                        continue
+                    deg[a] -= 1
+                    deg[b] -= 1
+                keep.append(k)
+            i, j = i[keep], j[keep]
+        if i.numel() == 0 or not torch.isfinite(score[i, j]).all():
+            raise RuntimeError(f"no admissible flip left after {done} of {budget}")
+        adj[i, j] = adj[j, i] = 1 - adj[i, j]
+        flipped[i, j] = True
+        done += i.numel()
+    rows, cols = torch.nonzero(torch.triu(adj, 1), as_tuple=True)
+    return undirected(torch.stack([rows, cols]).cpu())
+
+
+def robust_adjacency(edge_index: torch.Tensor, num_nodes: int, *, alpha: float = -0.5) -> torch.Tensor:
+    """STABLE's aggregation as (N, N) CSR (module docstring, step 3); ``alpha = -1/2`` is GCN's
+    ``D~^{-1/2} (A + I) D~^{-1/2}``, any other ``alpha`` the row-normalised
+    ``D~^alpha (A + I) D~^alpha``."""
     check_edge_index(edge_index, num_nodes)
-    lam = check_real("self_weight", self_weight, 0.0, strict=True)
+    alpha = check_real("alpha", alpha)
     # show: start robust-norm
-    deg = torch.bincount(edge_index[0], minlength=num_nodes).float() + lam  # D + lam I
+    deg = torch.bincount(edge_index[0], minlength=num_nodes).float() + 1.0  # d = (A + I) 1
     loops = torch.arange(num_nodes).repeat(2, 1)
-    ei = torch.cat([edge_index, loops], dim=1)
-    w = torch.cat([torch.ones(edge_index.shape[1]), torch.full((num_nodes,), lam)])  # A + lam I
-    w = w * deg[ei[0]].rsqrt() * deg[ei[1]].rsqrt()
+    ei = torch.cat([edge_index, loops], dim=1)  # A + I
+    w = deg[ei[0]] ** alpha * deg[ei[1]] ** alpha  # d_i^alpha d_j^alpha
+    if alpha != -0.5:  # each receiving row (ei[1]) sums to one: its d^alpha cancels
+        w = w / torch.zeros(num_nodes).index_add_(0, ei[1], w)[ei[1]]
     # show: end robust-norm
     return to_csr(ei, num_nodes, w)
 
@@ -282,9 +418,12 @@ def inserted_mask(pairs: torch.Tensor, clean_edge_index: torch.Tensor, num_nodes
 
 def stable_defence(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor,
                    masks: tuple[torch.Tensor, ...], *, threshold: float = 0.2, k: int = 1,
-                   self_weight: float = 1.0, contrast_epochs: int = 100, epochs: int = 100,
+                   alpha: float = -0.5, contrast_epochs: int = 100, epochs: int = 100,
                    seed: int = 0) -> tuple[NodeClassResult, RefinedGraph, torch.Tensor]:
     """STABLE end to end: embeddings without labels, refined graph, GCN trained on it.
+
+    ``alpha`` is the aggregation's degree exponent (:func:`robust_adjacency`); the default -1/2
+    trains plain GCN on the refined graph, 0.5 is the authors' code's default.
 
     Returns:
         ``(result, refined, z)``: the classifier's accuracies, the refined graph and the (N, D)
@@ -292,5 +431,5 @@ def stable_defence(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tens
     """
     z = contrastive_embeddings(x, edge_index, epochs=contrast_epochs, seed=seed)
     refined = refine_structure(z, edge_index, threshold=threshold, k=k)
-    adj = robust_adjacency(refined.edge_index, x.shape[0], self_weight=self_weight)
+    adj = robust_adjacency(refined.edge_index, x.shape[0], alpha=alpha)
     return train_node_gcn(x, adj, labels, masks, epochs=epochs, seed=seed), refined, z

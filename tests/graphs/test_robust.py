@@ -12,9 +12,11 @@ from labkit.graphs.robust import (
     degree_targeted_insertion,
     dice_attack,
     inserted_mask,
+    meta_self_attack,
     random_insertion,
     refine_structure,
     robust_adjacency,
+    surrogate_loss,
     train_node_gcn,
 )
 
@@ -56,13 +58,27 @@ def test_degree_targeting_prefers_low_degree_nodes() -> None:
 
 
 def test_robust_adjacency_by_hand() -> None:
-    # path 0 - 1 - 2 with lam = 2: degrees + lam = 3, 4, 3
+    # path 0 - 1 - 2: d = (A + I) 1 = 2, 3, 2
     ei = undirected(torch.tensor([[0, 1], [1, 2]]))
-    a = robust_adjacency(ei, 3, self_weight=2.0).to_dense()
-    assert a[0, 0] == pytest.approx(2 / 3) and a[1, 1] == pytest.approx(2 / 4)
-    assert a[0, 1] == pytest.approx(1 / (3 * 4) ** 0.5) and a[0, 2] == 0
-    plain = robust_adjacency(ei, 3).to_dense()  # lam = 1 is GCN's D^-1/2 (A + I) D^-1/2
-    assert plain[0, 1] == pytest.approx(1 / (2 * 3) ** 0.5)
+    plain = robust_adjacency(ei, 3).to_dense()  # alpha = -1/2: GCN's D^-1/2 (A + I) D^-1/2
+    assert plain[0, 1] == pytest.approx(1 / (2 * 3) ** 0.5) and plain[1, 1] == pytest.approx(1 / 3)
+    assert torch.allclose(plain, plain.T) and plain[0, 2] == 0
+    # alpha = 1/2: row 0 weighs itself by sqrt(2) and node 1 by sqrt(3), then sums to one
+    a = robust_adjacency(ei, 3, alpha=0.5).to_dense()
+    s2, s3 = 2 ** 0.5, 3 ** 0.5
+    assert a[0, 0] == pytest.approx(s2 / (s2 + s3)) and a[0, 1] == pytest.approx(s3 / (s2 + s3))
+    assert a[1, 1] == pytest.approx(s3 / (2 * s2 + s3)) and a[1, 0] == pytest.approx(s2 / (2 * s2 + s3))
+    assert torch.allclose(a.sum(1), torch.ones(3))
+
+
+def test_robust_adjacency_weighs_high_degree_neighbours_more() -> None:
+    # a star centre 0 with leaves 1..4, and leaf 1 also joined to a pendant 5
+    ei = undirected(torch.tensor([[0, 0, 0, 0, 1], [1, 2, 3, 4, 5]]))
+    for alpha, more in ((0.5, True), (-1.0, False)):
+        a = robust_adjacency(ei, 6, alpha=alpha).to_dense()
+        assert torch.allclose(a.sum(1), torch.ones(6))
+        # node 1 hears the centre (d = 5) against the pendant (d = 2)
+        assert bool(a[1, 0] > a[1, 5]) is more
 
 
 def test_refinement_prunes_dissimilar_and_adds_nearest() -> None:
@@ -103,13 +119,85 @@ def test_gcn_learns_and_attack_hurts(csbm) -> None:
     assert hurt.test_acc < clean.test_acc
 
 
+def _split(n: int, seed: int = 0) -> torch.Tensor:
+    train = torch.zeros(n, dtype=torch.bool)
+    train[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: n // 5]] = True
+    return train
+
+
+def test_meta_self_attack_budget_and_shape() -> None:
+    g = contextual_sbm(40, 2, p_in=0.2, p_out=0.03, n_features=8, signal=1.5, seed=1)
+    train = _split(40)
+    clean = _pairs(g.edge_index, 40)
+    for per_step in (1, 7):
+        ei = meta_self_attack(g.x, g.edge_index, g.labels, train, 0.25, inner_steps=10,
+                              flips_per_step=per_step, seed=0)
+        dense = torch.zeros(40, 40)
+        dense[ei[0], ei[1]] = 1.0
+        assert torch.equal(dense, dense.T) and dense.diagonal().sum() == 0  # symmetric, no loops
+        assert ei.shape[1] == 2 * len(_pairs(ei, 40))  # binary: each pair once per direction
+        assert len(_pairs(ei, 40) ^ clean) == round(0.25 * len(clean))  # exactly the budget
+        assert dense.sum(1).min() >= 1  # nobody left without an edge
+    assert torch.equal(ei, meta_self_attack(g.x, g.edge_index, g.labels, train, 0.25, inner_steps=10,
+                                            flips_per_step=7, seed=0))
+    same = meta_self_attack(g.x, g.edge_index, g.labels, train, 0.0)
+    assert _pairs(same, 40) == clean
+
+
+def test_meta_self_attack_beats_dice_on_the_surrogate() -> None:
+    g = contextual_sbm(150, 3, p_in=0.12, p_out=0.01, n_features=16, signal=1.5, seed=2)
+    train = _split(150)
+    meta = meta_self_attack(g.x, g.edge_index, g.labels, train, 0.2, inner_steps=30,
+                            flips_per_step=10, seed=0)
+    dice = dice_attack(g.edge_index, g.labels, 0.2, seed=0)
+    loss = {name: surrogate_loss(g.x, ei, g.labels, train)
+            for name, ei in (("clean", g.edge_index), ("dice", dice), ("meta", meta))}
+    assert loss["meta"] > loss["dice"] > loss["clean"]
+    # the flips the meta-gradient picks mostly join different classes
+    added = unique_pairs(meta, 150)
+    added = added[:, inserted_mask(added, g.edge_index, 150)]
+    assert (g.labels[added[0]] != g.labels[added[1]]).float().mean() > 0.8
+
+
+def test_meta_self_attack_keeps_every_node_connected() -> None:
+    # a path 0-1-2-3 whose ends have one edge each: whatever is flipped, nobody is isolated
+    ei = undirected(torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    x = torch.eye(4)
+    labels, train = torch.tensor([0, 0, 1, 1]), torch.tensor([True, False, False, True])
+    out = meta_self_attack(x, ei, labels, train, 1.0, inner_steps=5)
+    assert len(_pairs(out, 4) ^ _pairs(ei, 4)) == 3
+    assert torch.bincount(out[0], minlength=4).min() >= 1
+    # one edge between two nodes: its removal is the only flip, and it would isolate both
+    with pytest.raises(RuntimeError, match="no admissible flip"):
+        meta_self_attack(torch.eye(2), undirected(torch.tensor([[0], [1]])), torch.tensor([0, 1]),
+                         torch.tensor([True, False]), 1.0, inner_steps=5)
+    removed = meta_self_attack(torch.eye(2), undirected(torch.tensor([[0], [1]])), torch.tensor([0, 1]),
+                               torch.tensor([True, False]), 1.0, inner_steps=5, no_singletons=False)
+    assert removed.shape[1] == 0
+
+
 def test_bad_inputs(csbm) -> None:
+    train = _split(200)
+    with pytest.raises(ValueError, match="ratio must be in"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train, 1.5)
+    with pytest.raises(ValueError, match="ratio must be >= 0"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train, -0.1)
+    with pytest.raises(TypeError, match="ratio must be a real number"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train, "0.2")
+    with pytest.raises(ValueError, match="flips_per_step must be"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train, 0.2, flips_per_step=0)
+    with pytest.raises(ValueError, match="inner_steps must be"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train, 0.2, inner_steps=0)
+    with pytest.raises(ValueError, match="train must have shape"):
+        meta_self_attack(csbm.x, csbm.edge_index, csbm.labels, train.long(), 0.2)
     with pytest.raises(ValueError, match="ratio must be in"):
         dice_attack(csbm.edge_index, csbm.labels, 1.5)
     with pytest.raises(ValueError, match="ratio must be >= 0"):
         random_insertion(csbm.edge_index, 200, -0.1)
-    with pytest.raises(ValueError, match="self_weight must be > 0"):
-        robust_adjacency(csbm.edge_index, 200, self_weight=0.0)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        robust_adjacency(csbm.edge_index, 200, alpha=float("nan"))
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        robust_adjacency(csbm.edge_index, 200, alpha="0.5")
     with pytest.raises(ValueError, match="drop must be in"):
         contrastive_embeddings(csbm.x, csbm.edge_index, drop=1.0)
     with pytest.raises(ValueError, match="k must be"):
