@@ -11,6 +11,8 @@ from labkit.inference.kvcache import KVCache, cached_attention, decode_step, ext
 from labkit.lm import GPT, GPTConfig
 from tests.inference._models import perturbed_gpt
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = GPTConfig(n_layer=3, n_head=2, d_model=16, d_ff=32, block_size=24)
 
 
