@@ -28,8 +28,8 @@ Chapter 02, link prediction, robustness and expressivity (imported from their mo
   "Topological Concentration": :mod:`~labkit.graphs.topology` (exact TC, ATC, the planted
   generator, TC-raising edge weights);
 - STABLE (``stable``), chapter 02 section 03 "STABLE": :mod:`~labkit.graphs.robust` (random,
-  DICE and degree-targeted structure attacks; contrastive embeddings, refinement and the
-  self-weighted GCN);
+  DICE and degree-targeted structure attacks, Metattack's Meta-Self gradient attack;
+  contrastive embeddings, refinement and the degree-weighted aggregation);
 - SPEN (``spen``), chapter 02 section 04 "Beyond 1-WL": :mod:`~labkit.graphs.expressivity`
   (ego-nets, the equivariant layer with its matrix-product term, a 1-WL-bounded MPNN, the
   1-WL-equal pairs);
