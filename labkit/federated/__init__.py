@@ -4,6 +4,15 @@
   Decentralized Asynchronous Optimization": Poisson clocks for local gradients and for
   gossip, the exact mixing ODE between events, the graph constants chi_1 and chi_2, and an
   unaccelerated baseline (asynchronous gradient tracking) on the same clocks.
+- :mod:`labkit.federated.spsa`: Just One Byte (just_one_byte), "Just One Byte (per
+  gradient): A Note on Low-Bandwidth Decentralized Language Model Finetuning Using Shared
+  Randomness" (section 02, "Shared randomness: Just One Byte and Ferret"): directions seeded
+  by (peer, step), the two-point estimate coded as one int8, the shared step, and the peer
+  worker for real gloo processes with its one-process simulator.
+- :mod:`labkit.federated.projection`: Ferret (ferret), "Ferret: Federated Full-Parameter
+  Tuning at Scale for Large Language Models" (section 02): block-wise projection of a
+  first-order update on K shared random bases, its unbiased reconstruction, and FedAvg and
+  Ferret runs with in-process clients.
 """
 
 from labkit.federated.gossip import (
@@ -16,6 +25,8 @@ from labkit.federated.gossip import (
     run_tracking,
     theorem_rate,
 )
+from labkit.federated.projection import FedConfig, run_federated
+from labkit.federated.spsa import SpsaConfig, simulate_spsa, spsa_peer
 
 __all__ = [
     "GossipProblem",
@@ -26,4 +37,9 @@ __all__ = [
     "run_dadao",
     "run_tracking",
     "theorem_rate",
+    "FedConfig",
+    "run_federated",
+    "SpsaConfig",
+    "simulate_spsa",
+    "spsa_peer",
 ]
