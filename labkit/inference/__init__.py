@@ -1,4 +1,4 @@
-"""Adaptive depth and parallel decoding on the tiny GPT (chapter 06).
+"""Adaptive depth and parallel decoding on the tiny GPT (chapter 06); serving (chapter 07).
 
 Papers and the modules that implement them (ids as in ``book/_data/papers.yml``):
 
@@ -14,11 +14,16 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   a target speed-up, evenly spread layers; the FFN cosine and per-window FFN skips).
 - :mod:`~labkit.inference.kvcache`: a KV cache for the lab GPT (prefill, one-token decode steps,
   several positions under an explicit mask for tree verification), shared with chapter 07.
+- DistServe (``distserve``), chapter 07 section 01 "Goodput: DistServe":
+  :mod:`~labkit.inference.serving` (a discrete-event simulator of colocated and disaggregated
+  prefill and decode with continuous batching; goodput under TTFT and TPOT objectives) and
+  :mod:`~labkit.inference.costs` (step costs fitted to the lab GPT's measured prefill and decode,
+  and the roofline of a 7B model on datasheet devices).
 """
 
-from . import hooks, kvcache, mod, skipping
+from . import costs, hooks, kvcache, mod, serving, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["hooks", "kvcache", "mod", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["costs", "hooks", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]
