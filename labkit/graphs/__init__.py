@@ -44,7 +44,11 @@ Chapter 04, message passing over time, tables and circuits (imported from their 
   bidirectional scan over nodes, the long-range task and its k-layer MPNN baseline);
 - Relational Deep Learning (``relational_deep_learning``), chapter 04 section 03 "Relational
   deep learning": :mod:`~labkit.graphs.relational` (the SQLite shop, ``Database``/``Table``/
-  ``EntityTask``, the time-respecting sampler, the heterogeneous GNN, SQL ``GROUP BY`` features).
+  ``EntityTask``, the time-respecting sampler, the heterogeneous GNN, SQL ``GROUP BY`` features);
+- PreRoutGNN (``preroutgnn``), chapter 04 section 04 "PreRoutGNN": :mod:`~labkit.graphs.timing`
+  (seeded netlists with NLDM tables, static timing analysis, levels, the level-by-level model
+  with local delays and attention over tables, the order-preserving partition, the graph
+  auto-encoder for pre-training, the equal-size GCN baseline, slack R^2 by depth).
 """
 
 from .bpr import bpr_batches, bpr_loss
