@@ -42,6 +42,9 @@ Chapter 04, message passing over time, tables and circuits (imported from their 
   :mod:`~labkit.graphs.ssm` (the selective scan, as a recurrence and as a parallel associative
   scan) and :mod:`~labkit.graphs.graph_mamba` (neighbourhood tokens, degree ordering, the
   bidirectional scan over nodes, the long-range task and its k-layer MPNN baseline);
+- Todyformer (``todyformer``), chapter 04 section 02 "Todyformer": :mod:`~labkit.graphs.temporal`
+  (the seeded event stream, the time-respecting split, time patches, the MPNN tokeniser and
+  transformer over patch tokens, the TGAT-like baseline over the last W events, AP and MRR);
 - Relational Deep Learning (``relational_deep_learning``), chapter 04 section 03 "Relational
   deep learning": :mod:`~labkit.graphs.relational` (the SQLite shop, ``Database``/``Table``/
   ``EntityTask``, the time-respecting sampler, the heterogeneous GNN, SQL ``GROUP BY`` features);
