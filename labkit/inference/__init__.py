@@ -12,6 +12,10 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 - Unified Layer Skipping (``unified_layer_skipping``) and FFN-SkipLLM (``ffn_skipllm``),
   chapter 06 section 03 "Layer skipping": :mod:`~labkit.inference.skipping` (the skip count from
   a target speed-up, evenly spread layers; the FFN cosine and per-window FFN skips).
+- Hidden transfer (``hidden_transfer``), chapter 06 section 04 "Hidden transfer":
+  :mod:`~labkit.inference.hidden_transfer` (linear maps from a middle layer's hidden state to
+  pseudo states of the next positions, the candidate tree, verification in one pass), on the KV
+  cache of :mod:`~labkit.inference.kvcache`.
 - :mod:`~labkit.inference.kvcache`: a KV cache for the lab GPT (prefill, one-token decode steps,
   several positions under an explicit mask for tree verification), shared with chapter 07.
 - DistServe (``distserve``), chapter 07 section 01 "Goodput: DistServe":
@@ -21,9 +25,9 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   and the roofline of a 7B model on datasheet devices).
 """
 
-from . import costs, hooks, kvcache, mod, serving, skipping
+from . import costs, hidden_transfer, hooks, kvcache, mod, serving, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["costs", "hooks", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["costs", "hidden_transfer", "hooks", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]

@@ -25,8 +25,8 @@ Example::
         logits = decode_step(model, cache, nxt)      # (B, V)
 
 Shapes: B batch, T prompt tokens, n new positions, S cached positions, D width, H heads, V vocab.
-Used by chapter 06's hidden-transfer decoding (tree verification) and by chapter 07's serving
-measurements (prefill and decode steps).
+Section: chapter 06, "Hidden transfer" (tree verification; chapter 07 times its prefill and
+decode steps).
 """
 
 from __future__ import annotations
@@ -108,7 +108,6 @@ def _check_model(model: object) -> GPT:
     return model
 
 
-# show: start cached_attention
 def cached_attention(attn: torch.nn.Module, x: torch.Tensor, past_k: torch.Tensor | None,
                      past_v: torch.Tensor | None, mask: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,14 +117,16 @@ def cached_attention(attn: torch.nn.Module, x: torch.Tensor, past_k: torch.Tenso
         attn: a block's ``attn`` (``CausalSelfAttention``).
         x: (B, n, D) the LayerNormed input of the new positions.
         past_k, past_v: (B, H, S, D/H) cached keys and values, or None.
-        mask: (n, n) bool, True where new position i may attend to new position j;
-            None means causal (j <= i).
+        mask: (n, n) bool, True where new position i may attend to new position j (every
+            cached position is visible); or (n, S + n) bool over cached and new positions
+            together; None means causal among the new positions.
 
     Returns:
         ``(y (B, n, D), k (B, H, n, D/H), v (B, H, n, D/H))``: the output and the new
         positions' keys and values, to append to the cache.
     """
     B, n, D = x.shape
+    # show: start cached_attention
     q, k, v = attn.qkv(x).split(D, dim=2)  # (B, n, D) each
     q, k, v = (t.view(B, n, attn.n_head, -1).transpose(1, 2) for t in (q, k, v))
     S = 0 if past_k is None else past_k.shape[2]
@@ -133,11 +134,14 @@ def cached_attention(attn: torch.nn.Module, x: torch.Tensor, past_k: torch.Tenso
     vals = v if past_v is None else torch.cat([past_v, v], dim=2)
     if mask is None:
         mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    seen = torch.ones(n, S, dtype=torch.bool, device=x.device)  # the context
-    full = torch.cat([seen, mask.to(x.device)], dim=1)  # (n, S + n)
+    full = mask.to(x.device)
+    if full.shape[1] == n and S:  # every cached position is visible
+        full = torch.cat([torch.ones(n, S, dtype=torch.bool, device=x.device), full], dim=1)
+    if tuple(full.shape) != (n, S + n):
+        raise ValueError(f"mask must be ({n}, {n}) or ({n}, {S + n}), got {tuple(mask.shape)}")
     y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=full)
+    # show: end cached_attention
     return attn.proj(y.transpose(1, 2).reshape(B, n, D)), k, v
-# show: end cached_attention
 
 
 def _check_mask(mask: torch.Tensor | None, n: int) -> torch.Tensor | None:

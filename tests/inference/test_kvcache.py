@@ -124,3 +124,6 @@ def test_errors(model: GPT) -> None:
         cache.keep(2, [5])
     with pytest.raises(ValueError, match="block_size"):
         KVCache(3, 0)
+    with pytest.raises(ValueError, match=r"mask must be \(2, 2\) or \(2, 6\)"):
+        cached_attention(model.blocks[0].attn, torch.randn(2, 2, 16), *cache.past(0),
+                         torch.ones(2, 5, dtype=torch.bool))
