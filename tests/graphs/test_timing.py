@@ -28,6 +28,8 @@ from labkit.graphs.timing import (
     with_embeddings,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
+
 
 def _tables(n: int, value: float) -> np.ndarray:
     return np.full((n, SLEW_AXIS.size, LOAD_AXIS.size), value)
