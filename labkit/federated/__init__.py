@@ -13,6 +13,15 @@
   Tuning at Scale for Large Language Models" (section 02): block-wise projection of a
   first-order update on K shared random bases, its unbiased reconstruction, and FedAvg and
   Ferret runs with in-process clients.
+- :mod:`labkit.federated.partition`, :mod:`labkit.federated.attacks`,
+  :mod:`labkit.federated.aggregators`: Flag Aggregator (flag_aggregator), "Flag Aggregator:
+  Scalable Distributed Training under Failures and Augmented Losses using Convex
+  Optimization", and Bristle (bristle), "Bristle: Decentralized Federated Learning in
+  Byzantine, Non-i.i.d. Environments" (section 03, "Byzantine-robust aggregation"): a
+  Dirichlet split of the digits over peers, four attacks, a federated run on the digit
+  classifier's frozen convolutions, and the aggregation rules (mean, coordinate median,
+  trimmed mean, Krum, Flag Aggregator's reweighted subspace, Bristle's per-class
+  prioritiser and integrator).
 """
 
 from labkit.federated.gossip import (
