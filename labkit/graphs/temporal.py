@@ -32,7 +32,7 @@ from torch import nn
 from ..validation import check_int, check_real, check_tensor
 from .edges import degree
 
-__all__ = ["EventStream", "LinkScores", "TemporalAttention", "TemporalSplit",
+__all__ = ["EventStream", "LinkModel", "LinkScores", "TemporalAttention", "TemporalSplit",
            "TimeEncoding", "Todyformer", "average_precision", "check_events",
            "link_scores", "mean_reciprocal_rank", "periodic_stream",
            "temporal_split", "time_patches", "train_link_predictor"]
@@ -74,6 +74,14 @@ class EventStream:
     x: torch.Tensor
     gap: torch.Tensor
     planted: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_tensor("x", self.x, dims=2, dtype="float", shape="(N, F)")
+        check_events(self.src, self.dst, self.t, self.x.shape[0])
+        for name, v in (("gap", self.gap), ("planted", self.planted)):
+            if v.shape != self.t.shape:
+                raise ValueError(f"{name} must have shape ({self.t.numel()},), "
+                                 f"got {tuple(v.shape)}")
 
     @property
     def n_nodes(self) -> int:
@@ -244,8 +252,12 @@ def _both_ways(src: torch.Tensor, dst: torch.Tensor,
     return torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([t, t])
 
 
-class _LinkModel(nn.Module):
-    """Shared part: a context of past events, and a bilinear link score."""
+class LinkModel(nn.Module):
+    """What both models share: ``context`` past events read, and a bilinear link score.
+
+    A subclass sets ``context`` and implements ``embed(x, src, dst, t, now) -> (N, D)`` from
+    the ``context`` events before ``now``.
+    """
 
     context: int
 
@@ -264,7 +276,7 @@ class _LinkModel(nn.Module):
         return (self.left(h[u]) * self.right(h[v])).sum(-1)
 
 
-class TemporalAttention(_LinkModel):
+class TemporalAttention(LinkModel):
     """The baseline: one layer of TGAT-like attention over the last ``window`` events.
 
     A node attends over the neighbours it met in the window, each key and value made of the
@@ -306,7 +318,7 @@ class TemporalAttention(_LinkModel):
         # show: end temporal_attention
 
 
-class Todyformer(_LinkModel):
+class Todyformer(LinkModel):
     """Patches of history, an MPNN tokeniser per patch, a transformer over patch tokens.
 
     Args:
@@ -423,16 +435,16 @@ def _blocks(index: torch.Tensor, batch: int) -> list[tuple[int, torch.Tensor]]:
     return [(int(b), index[start == b]) for b in torch.unique(start)]
 
 
-def link_scores(model: _LinkModel, stream: EventStream, index: torch.Tensor, *,
+def link_scores(model: LinkModel, stream: EventStream, index: torch.Tensor, *,
                 negatives: int = 10, batch: int = 32, seed: int = 0) -> LinkScores:
     """Score each query event against ``negatives`` random destinations.
 
     Queries are grouped in blocks of ``batch`` consecutive events; a block's queries see the
     ``model.context`` events before the block and nothing after.
     """
+    _check_run(model, stream, "index", index)
     check_int("negatives", negatives, 1)
     check_int("batch", batch, 1)
-    check_tensor("index", index, dims=1, dtype="integer", shape="(Q,)")
     gen = torch.Generator().manual_seed(seed)
     pos, neg = [], []
     index = torch.sort(index).values
@@ -446,7 +458,19 @@ def link_scores(model: _LinkModel, stream: EventStream, index: torch.Tensor, *,
     return LinkScores(index, torch.cat(pos), torch.cat(neg))
 
 
-def _embed_before(model: _LinkModel, stream: EventStream, b0: int,
+def _check_run(model: object, stream: object, name: str,
+               index: object) -> None:
+    if not isinstance(model, LinkModel):
+        raise TypeError(f"model must be a LinkModel (Todyformer, TemporalAttention), "
+                        f"got {type(model).__name__}")
+    if not isinstance(stream, EventStream):
+        raise TypeError(f"stream must be an EventStream, got {type(stream).__name__}")
+    check_tensor(name, index, dims=1, dtype="integer", shape="(Q,)")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(stream)):
+        raise ValueError(f"{name} must hold event indices in [0, {len(stream)})")
+
+
+def _embed_before(model: LinkModel, stream: EventStream, b0: int,
                   x: torch.Tensor | None = None) -> torch.Tensor:
     lo = max(0, b0 - model.context)
     now = float(stream.t[b0])
@@ -454,7 +478,7 @@ def _embed_before(model: _LinkModel, stream: EventStream, b0: int,
                        stream.dst[lo:b0], stream.t[lo:b0], now)
 
 
-def train_link_predictor(model: _LinkModel, stream: EventStream,
+def train_link_predictor(model: LinkModel, stream: EventStream,
                          train: torch.Tensor, *, epochs: int = 3,
                          batch: int = 32, lr: float = 3e-3,
                          fresh_features: bool = True,
@@ -467,6 +491,7 @@ def train_link_predictor(model: _LinkModel, stream: EventStream,
 
     Returns the mean loss of each epoch.
     """
+    _check_run(model, stream, "train", train)
     check_int("epochs", epochs, 1)
     check_int("batch", batch, 1)
     gen = torch.Generator().manual_seed(seed)

@@ -48,6 +48,16 @@ def test_check_events_bad_inputs() -> None:
         check_events([0, 1], dst, t, 3)
 
 
+def test_event_stream_rejects_unsorted_events_and_bad_shapes() -> None:
+    s = small_stream()
+    with pytest.raises(ValueError, match="sorted by time"):
+        EventStream(s.src, s.dst, s.t.flip(0), s.x, s.gap, s.planted)
+    with pytest.raises(ValueError, match="gap must have shape"):
+        EventStream(s.src, s.dst, s.t, s.x, s.gap[1:], s.planted)
+    with pytest.raises(ValueError, match="src must hold node ids"):
+        EventStream(s.src, s.dst, s.t, s.x[:3], s.gap, s.planted)
+
+
 def test_stream_is_sorted_seeded_and_periodic() -> None:
     a, b = small_stream(), small_stream()
     assert torch.equal(a.src, b.src) and torch.equal(a.t, b.t)
@@ -228,6 +238,21 @@ def test_training_lowers_the_loss_and_scores_are_deterministic() -> None:
     a = link_scores(model, s, sp.test, negatives=4, batch=8, seed=3)
     b = link_scores(model, s, sp.test, negatives=4, batch=8, seed=3)
     assert torch.equal(a.neg, b.neg)
+
+
+def test_scoring_and_training_bad_arguments() -> None:
+    s = small_stream()
+    model = TemporalAttention(16, 8, window=4)
+    with pytest.raises(TypeError, match="model must be a LinkModel"):
+        link_scores(torch.nn.Linear(2, 2), s, torch.arange(3))
+    with pytest.raises(TypeError, match="stream must be an EventStream"):
+        link_scores(model, (s.src, s.dst, s.t), torch.arange(3))
+    with pytest.raises(ValueError, match="index must hold event indices"):
+        link_scores(model, s, torch.tensor([len(s)]))
+    with pytest.raises(TypeError, match="train must be"):
+        train_link_predictor(model, s, [0, 1])
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train_link_predictor(model, s, torch.arange(10), epochs=0)
 
 
 # ---- metrics ----
