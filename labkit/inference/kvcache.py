@@ -31,7 +31,6 @@ decode steps).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
