@@ -90,6 +90,18 @@ def test_bad_arguments_name_themselves() -> None:
         with_embeddings(g, torch.zeros(g.n + 1, 2))
     with pytest.raises(ValueError, match="graphs"):
         batch_graphs([])
+    with pytest.raises(ValueError, match="steps"):
+        fit_timing(PreRoutGNN(), g, steps=0)
+    with pytest.raises(ValueError, match="dim"):
+        pretrain_autoencoder(g, dim=0)
+    with pytest.raises(ValueError, match="n"):
+        levelise(np.zeros((2, 0)), 0)
+
+
+def test_levels_of_a_hand_drawn_netlist() -> None:
+    # 0 -> 2, 1 -> 2, 2 -> 4, 0 -> 4, 3 isolated: 4 waits for 2, which waits for 0 and 1
+    edges = np.array([[0, 1, 2, 0], [2, 2, 4, 4]])
+    assert levelise(edges, 5).tolist() == [0, 0, 1, 0, 2]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
