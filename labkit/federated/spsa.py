@@ -70,7 +70,7 @@ def rademacher(numel: int, peer: int, step: int, *, seed: int = 0) -> torch.Tens
 
 
 def encode_byte(g: float, clip: float) -> torch.Tensor:
-    """``g`` clipped to ``[-clip, clip]`` and rounded to one of 255 levels: a (1,) int8 tensor."""
+    """``g`` clipped to ``[-clip, clip]``, rounded to one of 255 int8 levels."""
     c = check_real("clip", clip, 0.0, strict=True)
     g = check_real("g", g)
     level = round(max(-c, min(c, g)) / c * 127)
@@ -87,10 +87,10 @@ def decode_byte(code: torch.Tensor, clip: float) -> float:
 
 def spsa_estimate(loss_at: Callable[[torch.Tensor], float], theta: torch.Tensor,
                   z: torch.Tensor, eps: float) -> tuple[float, float, float]:
-    """Two-point estimate of the derivative of ``loss_at`` at ``theta`` along ``z``.
+    """Two-point estimate of the derivative of ``loss_at`` along ``z``.
 
-    ``theta`` is never modified: each side is a new tensor, so no rounding from perturbing
-    and restoring in place leaks into the parameters.
+    ``theta`` is never modified: each side is a new tensor, so no rounding
+    from perturbing and restoring in place leaks into the parameters.
 
     Returns:
         ``(g, loss_plus, loss_minus)``.
@@ -102,12 +102,14 @@ def spsa_estimate(loss_at: Callable[[torch.Tensor], float], theta: torch.Tensor,
 
 
 # show: start step
-def shared_step(theta: torch.Tensor, codes: Sequence[torch.Tensor], step: int, *,
-                lr: float, clip: float, seed: int = 0) -> torch.Tensor:
-    """The update every peer applies after the all-gather of the bytes of ``step``.
+def shared_step(theta: torch.Tensor, codes: Sequence[torch.Tensor],
+                step: int, *, lr: float, clip: float,
+                seed: int = 0) -> torch.Tensor:
+    """The update every peer applies once the bytes of ``step`` are gathered.
 
-    Peer ``j``'s direction is regenerated from ``(j, step)``; the bytes are added in
-    peer order, so every peer does the same float operations and gets the same result.
+    Peer ``j``'s direction is regenerated from ``(j, step)``; the bytes are
+    added in peer order, so every peer does the same float operations and
+    gets the same result.
     """
     update = torch.zeros_like(theta)
     for j, code in enumerate(codes):
