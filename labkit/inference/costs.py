@@ -40,7 +40,7 @@ import torch
 from labkit.runtime import interleaved_times
 from labkit.validation import check_int, check_real
 
-__all__ = ["A100_80GB", "ConstantCost", "Device", "H100_SXM", "LLAMA_7B", "LinearCost", "ModelShape",
+__all__ = ["A100_80GB", "ConstantCost", "Device", "H100_SXM", "H200_SXM", "LLAMA_7B", "LinearCost", "ModelShape",
            "RooflineCost", "StepCost", "check_lengths", "fit_linear_cost", "measure_gpt_costs"]
 
 
@@ -194,8 +194,10 @@ class Device:
     """Datasheet figures of an accelerator.
 
     Sources: NVIDIA A100 Tensor Core GPU datasheet (80 GB SXM: 312 TFLOP/s dense BF16,
-    2,039 GB/s HBM2e) and NVIDIA H100 Tensor Core GPU datasheet (SXM: 989 TFLOP/s dense BF16,
-    3.35 TB/s HBM3); the datasheets quote BF16 with sparsity at twice the dense rate.
+    2,039 GB/s HBM2e), NVIDIA H100 Tensor Core GPU datasheet (SXM: 989 TFLOP/s dense BF16,
+    3.35 TB/s HBM3) and NVIDIA H200 Tensor Core GPU datasheet (SXM: the same 989 TFLOP/s dense
+    BF16, 4.8 TB/s HBM3e, 141 GB); the datasheets quote BF16 with sparsity at twice the dense
+    rate.
 
     Attributes:
         name: for tables.
@@ -221,6 +223,7 @@ class Device:
 
 A100_80GB = Device("A100 80GB SXM", flops=312e12, bandwidth=2.039e12, memory=80e9)
 H100_SXM = Device("H100 SXM", flops=989e12, bandwidth=3.35e12, memory=80e9)
+H200_SXM = Device("H200 SXM", flops=989e12, bandwidth=4.8e12, memory=141e9)
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,12 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="prompt_lengths entry"):
         measure_gpt_costs(perturbed_gpt(GPTConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=12)),
                           prompt_lengths=[-2], batches=[1], contexts=[2])
+
+
+def test_h200_shares_h100_compute_with_more_bandwidth() -> None:
+    from labkit.inference.costs import H100_SXM, H200_SXM
+
+    assert H200_SXM.flops == H100_SXM.flops and H200_SXM.bandwidth == pytest.approx(4.8e12)
+    # same FLOP/s over 4.8 / 3.35 times the bandwidth: the ridge point drops by that factor
+    assert H100_SXM.ridge / H200_SXM.ridge == pytest.approx(4.8 / 3.35)
+    assert RooflineCost(LLAMA_7B, H200_SXM).decode(1, 0) < RooflineCost(LLAMA_7B, H100_SXM).decode(1, 0)
