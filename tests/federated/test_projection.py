@@ -145,3 +145,21 @@ def test_fedavg_and_ferret_runs_count_bytes() -> None:
         FedConfig(clients=1)
     with pytest.raises(ValueError, match="server_lr"):
         FedConfig(server_lr=0.0)
+
+
+def test_loss_at_bytes_and_the_figure() -> None:
+    from labkit.federated._spsa_runs import loss_at_bytes, loss_bytes_figure
+
+    assert loss_at_bytes([0, 100, 200], [3.0, 2.9, 2.8], 150) == 2.9
+    assert loss_at_bytes([0, 100, 200], [3.0, 2.9, 2.8], 200) == 2.8
+    with pytest.raises(ValueError, match="within"):
+        loss_at_bytes([10, 20], [3.0, 2.9], 5)
+    with pytest.raises(ValueError, match="equal length"):
+        loss_at_bytes([0, 1], [3.0], 5)
+    fig = loss_bytes_figure(([0, 50, 100], [3.0, 2.95, 2.9]), ([0, 1000], [3.0, 2.7]),
+                            {1: ([0, 10], [3.0, 2.99]), 4: ([0, 40], [3.0, 2.97])})
+    assert [t.name for t in fig.data] == ["Just One Byte", "FedAvg", "Ferret, K = 1",
+                                          "Ferret, K = 4"]
+    assert [t.visible for t in fig.data[2:]] == [False, True]  # the largest K first
+    assert fig.layout.sliders[0].steps[0].args[0]["visible"] == [True, True, True, False]
+    assert list(fig.data[0].x) == [50, 100]  # the zero point is the dotted line
