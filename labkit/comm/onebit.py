@@ -33,14 +33,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from labkit.backend import Op
 from labkit.comm.collectives import ByteCounter, all_to_all, ring_all_gather
 from labkit.quant.bitstack import pack_signs, unpack_signs
-from labkit.validation import check_int, check_real
+from labkit.validation import check_int, check_real, describe
 
 __all__ = [
-    "ErrorFeedback", "OneBitAdam", "compress", "compressed_all_reduce",
-    "compressed_bytes", "padded_size", "simulate_compressed_all_reduce",
-    "volume_ratio",
+    "ErrorFeedback", "OneBitAdam", "check_feedback_args", "compress", "compress_with_feedback",
+    "compress_with_feedback_reference", "compressed_all_reduce", "compressed_bytes", "padded_size",
+    "simulate_compressed_all_reduce", "volume_ratio",
 ]
 
 
@@ -92,6 +93,43 @@ def compress(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # show: end compress
 
 
+def check_feedback_args(x: object, error: object, *, op: str) -> None:
+    """The checks both paths of :data:`compress_with_feedback` make: two non-empty float tensors
+    of one dtype, one shape and one device."""
+    for name, t in (("x", x), ("error", error)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a float tensor, got {describe(t)}")
+    assert isinstance(x, torch.Tensor) and isinstance(error, torch.Tensor)  # for the type checker
+    if x.dtype != error.dtype:
+        raise TypeError(f"{op}: x and error must have one dtype, got {x.dtype} and {error.dtype}")
+    if x.shape != error.shape:
+        raise ValueError(f"{op}: x and error must have one shape, got {tuple(x.shape)} and {tuple(error.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{op}: x must hold at least one entry (its scale divides by sqrt(numel))")
+    if x.device != error.device:
+        raise ValueError(f"{op}: x and error must be on one device, got {x.device} and {error.device}")
+
+
+# show: start feedback
+def compress_with_feedback_reference(x: torch.Tensor,
+                                     error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compress ``c = x + error`` and keep what was dropped: ``error <- c - s * sign(c)``.
+
+    Returns:
+        ``(packed, scale)`` as :func:`compress` returns them; ``error`` is overwritten in place.
+    """
+    check_feedback_args(x, error, op="compress_with_feedback")
+    packed, scale, err = compress(x + error)
+    error.copy_(err)
+    return packed, scale
+# show: end feedback
+
+
+#: The compressor with error feedback; Triton path (two passes) in ``labkit/comm/_onebit_kernels.py``.
+compress_with_feedback = Op("compress_with_feedback", reference=compress_with_feedback_reference,
+                            triton="labkit.comm._onebit_kernels:compress_with_feedback_triton")
+
+
 @dataclass
 class ErrorFeedback:
     """The error-feedback memory of one compressor (``e`` above), zero at first."""
@@ -107,9 +145,10 @@ class ErrorFeedback:
         """Compress ``x + e``, keep the new error (or none if not ``enabled``)."""
         if x.shape != (self.numel,):
             raise ValueError(f"x must have shape ({self.numel},), got {tuple(x.shape)}")
-        c = x + self.error if enabled else x
-        packed, scale, err = compress(c)
-        self.error = err if enabled else torch.zeros_like(err)
+        if enabled:
+            return compress_with_feedback(x, self.error)
+        packed, scale, _ = compress(x)
+        self.error = torch.zeros_like(x)
         return packed, scale
 
 
