@@ -41,8 +41,8 @@ def cpu_env() -> dict[str, str]:
 
 
 def test_the_benchmarks_are_found() -> None:
-    assert NAMES == ["comm_pack", "diffusion_groupnorm_silu", "graphs_spmm", "intro_scaled_add", "moe_grouped_gemm",
-                     "mpc_ring_gemm", "quant_gemm"]
+    assert NAMES == ["comm_pack", "diffusion_groupnorm_silu", "graphs_spmm", "inference_lowrank_decode",
+                     "intro_scaled_add", "moe_grouped_gemm", "mpc_ring_gemm", "quant_gemm"]
 
 
 HELP = """
@@ -191,6 +191,27 @@ def test_graphs_validate(bench) -> None:
         mod.validate(adj, x, wrong)
     with pytest.raises(ValueError, match="do not fit"):
         mod.power_law_lengths(4, 20, 4, 1.0, g)
+
+
+def test_inference_validate(bench) -> None:
+    mod, common = bench("inference_lowrank_decode"), bench("_common")
+    g = torch.Generator().manual_seed(0)
+    q = 4 * torch.randn(2, 6, 1, 16, generator=g)
+    k, v = torch.randn(2, 2, 37, 16, generator=g), torch.randn(2, 2, 37, 16, generator=g)
+    p_k, p_v = mod.projections(2, 16, 5, g)
+    assert torch.allclose(p_k.transpose(1, 2) @ p_k, torch.eye(5).expand(2, 5, 5), atol=1e-5)
+    k_lr, v_lr = k @ p_k, v @ p_v
+    projected = mod.sdpa_grouped(mod.project_queries(q, p_k), k_lr, v_lr, 0.25)
+    assert mod.validate("projected", projected, q, p_k, k_lr, v_lr) < 1e-5
+    eye = torch.eye(16).expand(2, 16, 16)
+    assert mod.validate("full", mod.sdpa_grouped(q, k, v, 0.25), q, eye, k, v) < 1e-5
+    with pytest.raises(common.Mismatch, match="projected"):  # scaled by 1 / sqrt(r), not 1 / sqrt(d)
+        mod.validate("projected", mod.sdpa_grouped(mod.project_queries(q, p_k), k_lr, v_lr, 5**-0.5),
+                     q, p_k, k_lr, v_lr)
+    with pytest.raises(common.Mismatch, match="heads"):  # query heads paired with the other key-value head
+        mod.validate("heads", projected.roll(3, dims=1), q, p_k, k_lr, v_lr)
+    row = dict(batch=32, context=32768, r=64, full=2.0, projected=1.0, ours=0.9, of_copy_ours=0.5)
+    assert [met for _, _, met in mod.goals([row, dict(row, batch=1)], 128)] == [True, True, False]
 
 
 def test_moe_validate(bench) -> None:

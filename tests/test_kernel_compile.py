@@ -104,7 +104,7 @@ def _cases() -> list[Case]:
         return _build_cases()
     finally:
         for name in set(sys.modules) - before:
-            if name.startswith("labkit.") and name.endswith("._kernels"):
+            if name.startswith("labkit.") and name.endswith("_kernels"):
                 del sys.modules[name]
 
 
@@ -112,6 +112,7 @@ def _build_cases() -> list[Case]:
     import torch
 
     from labkit.diffusion._kernels import group_norm_silu_tiles
+    from labkit.inference._kernels import DECODE_CONFIGS
     from labkit.mpc._kernels import DIGIT_SPLIT_CONFIG, RING_MM_CONFIG
     from labkit.moe._kernels import GROUPED_MM_CONFIGS
     from labkit.quant._kernels import W4A4_TILES, W8A8_TILES
@@ -135,6 +136,17 @@ def _build_cases() -> list[Case]:
               scalars=dict.fromkeys(("n_elements", "offset", "block", "count_1", "stride_1", "count_2", "stride_2",
                                      "count_3", "stride_3", "count_4", "stride_4"), "i64"),
               constexprs=dict(N_LEVELS=4, PACK=False, INDEX_64=True, BLOCK_SIZE=1024)),
+    ]
+    from labkit.comm import _onebit_kernels as onebit
+
+    onebit_ptrs = dict(x_ptr="*fp32", e_ptr="*fp32", partial_ptr="*fp32")
+    cases += [
+        Case("comm._sum_squares_kernel", onebit.__name__, "_sum_squares_kernel", onebit_ptrs,
+             dict(INDEX_64=False, BLOCK_SIZE=onebit.BLOCK_SIZE), num_warps=onebit.NUM_WARPS),
+        Case("comm._sign_pack_kernel", onebit.__name__, "_sign_pack_kernel",
+             dict(onebit_ptrs, packed_ptr="*u8", scale_ptr="*fp32"), scalars={"sqrt_d": "fp32"},
+             constexprs=dict(INDEX_64=False, BLOCK_SIZE=onebit.BLOCK_SIZE, PARTIALS=onebit.MAX_PROGRAMS),
+             num_warps=onebit.NUM_WARPS),
     ]
     cases += [
         _case("moe", "_topk_gating_kernel", pointers=dict(
@@ -184,6 +196,16 @@ def _build_cases() -> list[Case]:
                        constexprs=dict(BLOCK_M=ring["block_m"], BLOCK_N=ring["block_n"], BLOCK_K=ring["block_k"],
                                        GROUP_M=ring["group_m"], CHUNK=ring["chunk"]),
                        num_warps=ring["num_warps"], num_stages=ring["num_stages"], mma=True, descriptors=2))
+    for dtype, short in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):  # d = 128, r = 64, groups of 4
+        block_t, warps, stages = DECODE_CONFIGS[dtype]
+        cases.append(_case("inference", "_lowrank_decode_kernel", short, pointers=dict(
+            q_ptr=f"*{short}", pk_ptr=f"*{short}", k_ptr=f"*{short}", v_ptr=f"*{short}", out_ptr=f"*{short}",
+            m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32"), scalars={"qk_scale": "fp32"},
+            constexprs=dict(BLOCK_G=16, BLOCK_D=128, BLOCK_R=64, BLOCK_T=block_t, SINGLE=False,
+                            IEEE=short == "fp32"), num_warps=warps, num_stages=stages, mma=short != "fp32"))
+    cases.append(_case("inference", "_merge_splits_kernel", pointers=dict(
+        m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr="*bf16"), constexprs=dict(BLOCK_S=64, BLOCK_R=64),
+        num_warps=1))
     return cases
 
 
