@@ -94,7 +94,6 @@ def krum(updates: torch.Tensor, *, f: int) -> torch.Tensor:
     return updates[nearest.sum(1).argmin()].clone()
 
 
-# show: start flag
 def flag_subspace(unit: torch.Tensor, weights: torch.Tensor, *, m: int,
                   lam: float = 0.0) -> torch.Tensor:
     """Top-m eigenvectors of U (diag(w) + lam L) U^T, L = P I - 1 1^T, as (D, m).
@@ -112,6 +111,7 @@ def flag_subspace(unit: torch.Tensor, weights: torch.Tensor, *, m: int,
     return unit.T @ b @ v / s.clamp_min(1e-12).sqrt()  # (D, m), orthonormal
 
 
+# show: start flag
 def flag_aggregate(updates: torch.Tensor, *, m: int = 1, iters: int = 3,
                    lam: float = 0.0) -> torch.Tensor:
     """Flag Aggregator: project the unit updates onto a robust m-dim subspace."""
@@ -132,7 +132,6 @@ def flag_aggregate(updates: torch.Tensor, *, m: int = 1, iters: int = 3,
 # show: end flag
 
 
-# show: start bristle
 def bristle_aggregate(updates: torch.Tensor, *, own: int, class_rows: torch.Tensor,
                       loss_before: torch.Tensor, loss_after: torch.Tensor,
                       familiar: torch.Tensor, keep: int) -> torch.Tensor:
@@ -152,6 +151,7 @@ def bristle_aggregate(updates: torch.Tensor, *, own: int, class_rows: torch.Tens
         updates (uniform for unfamiliar classes); the shared layers average the updates
         kept for any familiar class.
     """
+    # show: start bristle
     # distance-based prioritiser: per class, the k updates nearest to the own update
     rows = updates[:, class_rows]  # (P, C, R)
     dist = (rows - rows[own]).norm(dim=2)  # (P, C)
@@ -166,8 +166,8 @@ def bristle_aggregate(updates: torch.Tensor, *, own: int, class_rows: torch.Tens
     trusted = ((w[:, familiar] > 0).any(1) if familiar.any() else near.any(1)).float()
     out = trusted @ updates / trusted.sum()  # (D,)
     out[class_rows] = torch.einsum("pc,pcr->cr", w, rows)
+    # show: end bristle
     return out
-# show: end bristle
 
 
 def aggregate(rule: str, updates: torch.Tensor, *, f: int, m: int = 1) -> torch.Tensor:

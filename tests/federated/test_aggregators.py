@@ -119,3 +119,22 @@ def test_dispatcher_matches_functions() -> None:
     ten = torch.randn(10, 4)
     assert torch.equal(aggregate("median", ten, f=2), coordinate_median(ten))
     assert torch.equal(aggregate("Krum", ten, f=2), krum(ten, f=2))
+
+
+def test_bristle_unfamiliar_class_uses_distance_only() -> None:
+    updates = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 30.0]])
+    out = bristle_aggregate(updates, own=0, class_rows=torch.tensor([[1]]),
+                            loss_before=torch.tensor([1.0]),
+                            loss_after=torch.tensor([[2.0], [2.0], [0.0]]),
+                            familiar=torch.tensor([False]), keep=2)
+    assert out[1].item() == pytest.approx(1.5)  # the two nearest, uniform
+    assert out[0].item() == pytest.approx(0.0)
+
+
+def test_flag_regulariser_keeps_an_orthonormal_basis() -> None:
+    g = torch.Generator().manual_seed(3)
+    unit = torch.nn.functional.normalize(torch.randn(5, 12, generator=g), dim=1)
+    plain = flag_subspace(unit, torch.ones(5), m=2)
+    reg = flag_subspace(unit, torch.ones(5), m=2, lam=1.0)
+    assert torch.allclose(reg.T @ reg, torch.eye(2), atol=1e-5)
+    assert not torch.allclose(reg @ reg.T, plain @ plain.T, atol=1e-3)
