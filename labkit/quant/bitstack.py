@@ -66,7 +66,7 @@ def pack_signs(negative: torch.Tensor) -> torch.Tensor:
     flat = negative.reshape(-1).to(torch.uint8)
     pad = (-flat.numel()) % 8
     flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8)  # (bytes, 8)
-    return (flat * _BITS).sum(1, dtype=torch.uint8)
+    return (flat * _BITS.to(flat.device)).sum(1, dtype=torch.uint8)
 
 
 def unpack_signs(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -76,7 +76,7 @@ def unpack_signs(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     numel = math.prod(shape)
     if packed.numel() != math.ceil(numel / 8):
         raise ValueError(f"{packed.numel()} bytes cannot hold {numel} signs")
-    bits = (packed[:, None] & _BITS) > 0  # (bytes, 8)
+    bits = (packed[:, None] & _BITS.to(packed.device)) > 0  # (bytes, 8)
     return 1.0 - 2.0 * bits.reshape(-1)[:numel].reshape(shape).float()
 
 

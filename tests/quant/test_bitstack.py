@@ -25,6 +25,14 @@ def test_pack_signs_by_hand():
     assert unpack_signs(packed, (9,)).tolist() == [-1, 1, 1, 1, 1, 1, 1, -1, -1]
 
 
+def test_pack_signs_follow_the_tensor_to_its_device():
+    """The bit weights move to the signs' device (a GPU in the 1-bit Adam benchmark; meta here)."""
+    negative = torch.zeros(16, dtype=torch.bool, device="meta")
+    packed = pack_signs(negative)
+    assert packed.device.type == "meta" and packed.shape == (2,)
+    assert unpack_signs(packed, (16,)).device.type == "meta"
+
+
 def test_pack_roundtrip_awkward_shape():
     x = torch.randn(7, 13)
     signs = unpack_signs(pack_signs(x < 0), (7, 13))
