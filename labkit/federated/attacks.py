@@ -53,6 +53,12 @@ def apply_attack(attack: str, grads: torch.Tensor, liars: torch.Tensor, *,
 
     ``flipped`` (P, D) holds every peer's gradient on labels 9 - y.
     """
+    check_tensor("grads", grads, dims=2, dtype="float", shape="(P, D)")
+    check_tensor("liars", liars, dims=1, dtype=torch.bool, shape="(P,)")
+    if liars.shape[0] != grads.shape[0] or flipped.shape != grads.shape:
+        raise ValueError(f"liars must be (P,) and flipped (P, D) for grads of shape "
+                         f"{tuple(grads.shape)}, got {tuple(liars.shape)} and "
+                         f"{tuple(flipped.shape)}")
     out = grads.clone()
     f = int(liars.sum())
     if f == 0:

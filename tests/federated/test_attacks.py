@@ -54,6 +54,10 @@ def test_attacks_replace_only_the_liars() -> None:
     assert torch.equal(none, grads)
     with pytest.raises(ValueError, match="attack"):
         apply_attack("shout", grads, liars, flipped=flipped)
+    with pytest.raises(TypeError, match="liars"):
+        apply_attack("noise", grads, liars.long(), flipped=flipped)
+    with pytest.raises(ValueError, match="liars"):
+        apply_attack("noise", grads, liars[:4], flipped=flipped)
 
 
 def test_task_layout(task) -> None:
