@@ -23,15 +23,19 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   prefill and decode with continuous batching; goodput under TTFT and TPOT objectives) and
   :mod:`~labkit.inference.costs` (step costs fitted to the lab GPT's measured prefill and decode,
   and the roofline of a 7B model on datasheet devices).
+- Attention offloading (``attention_offloading``) and Duplex (``duplex``), chapter 07 section 02
+  "Arithmetic intensity": :mod:`~labkit.inference.intensity` (FLOPs and bytes of dense,
+  mixture-of-experts and grouped-query attention layers at decode, counted and in closed form;
+  per-layer device choice on the roofline; the link bandwidth attention offloading needs).
 - MatryoshkaKV (``matryoshkakv``), chapter 07 section 03, its decode step:
   :mod:`~labkit.inference.decode` (attention of a new token over the low-rank cache, the query
   projected once, grouped-query heads sharing each cache read; the PyTorch reference, and a
   split-context Triton kernel with a log-sum-exp merge in ``labkit.inference._kernels``).
 """
 
-from . import costs, decode, hidden_transfer, hooks, kvcache, mod, serving, skipping
+from . import costs, decode, hidden_transfer, hooks, intensity, kvcache, mod, serving, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["costs", "decode", "hidden_transfer", "hooks", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["costs", "decode", "hidden_transfer", "hooks", "intensity", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]
