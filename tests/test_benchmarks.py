@@ -41,7 +41,7 @@ def cpu_env() -> dict[str, str]:
 
 
 def test_the_benchmarks_are_found() -> None:
-    assert NAMES == ["comm_pack", "diffusion_groupnorm_silu", "graphs_spmm", "inference_lowrank_decode",
+    assert NAMES == ["comm_onebit", "comm_pack", "diffusion_groupnorm_silu", "graphs_spmm", "inference_lowrank_decode",
                      "intro_scaled_add", "moe_grouped_gemm", "mpc_ring_gemm", "quant_gemm"]
 
 
@@ -176,6 +176,27 @@ def test_comm_validate(bench) -> None:
         wrong[-1] += 1
         with pytest.raises(common.Mismatch):
             mod.validate(grid, view, lay, wrong)
+
+
+def test_comm_onebit_validate(bench) -> None:
+    mod, common = bench("comm_onebit"), bench("_common")
+    from labkit.comm.onebit import compress
+
+    g = torch.Generator().manual_seed(0)
+    x, e = torch.randn(37 * 53, generator=g), 0.1 * torch.randn(37 * 53, generator=g)
+    packed, scale, new_e = compress(x + e)
+    errors = mod.validate(x, e, packed, scale, new_e)
+    assert errors == {"scale_rel_err": 0.0, "error_max_abs_err": 0.0}
+    wrong = packed.clone()
+    wrong[5] ^= 4  # one sign flipped
+    with pytest.raises(common.Mismatch, match="packed signs"):
+        mod.validate(x, e, wrong, scale, new_e)
+    with pytest.raises(common.Mismatch, match="scale"):
+        mod.validate(x, e, packed, scale * (1 + 1e-4), new_e)
+    with pytest.raises(common.Mismatch, match="new error"):
+        mod.validate(x, e, packed, scale, x + e)  # the error left as c: nothing subtracted
+    rows = {"vs_eager": 3.0, "of_copy": 0.5}
+    assert [met for _, _, met in mod.goals(rows)] == [True, False]
 
 
 def test_graphs_validate(bench) -> None:

@@ -87,10 +87,10 @@ DEFAULT_NOTEBOOKS: dict[str, str] = {
 
 # Stated estimates (seconds on one H100, start-up included) until a merged run provides measured ones.
 KERNEL_TESTS_S = 75.0
-BENCHMARK_QUICK_S = {"comm_pack": 20.0, "diffusion_groupnorm_silu": 50.0, "graphs_spmm": 25.0,
+BENCHMARK_QUICK_S = {"comm_onebit": 9.0, "comm_pack": 20.0, "diffusion_groupnorm_silu": 50.0, "graphs_spmm": 25.0,
                      "inference_lowrank_decode": 40.0, "intro_scaled_add": 12.0, "moe_grouped_gemm": 25.0,
                      "mpc_ring_gemm": 25.0, "quant_gemm": 80.0}
-BENCHMARK_FULL_S = {"comm_pack": 45.0, "diffusion_groupnorm_silu": 240.0, "graphs_spmm": 120.0,
+BENCHMARK_FULL_S = {"comm_onebit": 45.0, "comm_pack": 45.0, "diffusion_groupnorm_silu": 240.0, "graphs_spmm": 120.0,
                     "inference_lowrank_decode": 90.0, "intro_scaled_add": 25.0, "moe_grouped_gemm": 90.0,
                     "mpc_ring_gemm": 180.0, "quant_gemm": 150.0}
 BENCHMARK_UNKNOWN_S = 60.0  # a benchmark added without a stated estimate
