@@ -204,8 +204,7 @@ def _build_cases() -> list[Case]:
             constexprs=dict(BLOCK_G=16, BLOCK_D=128, BLOCK_R=64, BLOCK_T=block_t, SINGLE=False,
                             IEEE=short == "fp32"), num_warps=warps, num_stages=stages, mma=short != "fp32"))
     cases.append(_case("inference", "_merge_splits_kernel", pointers=dict(
-        m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr="*bf16"), constexprs=dict(BLOCK_S=64, BLOCK_R=64),
-        num_warps=1))
+        m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr="*bf16"), constexprs=dict(BLOCK_S=64, BLOCK_R=64)))
     return cases
 
 

@@ -246,6 +246,6 @@ def lowrank_decode_triton(q: torch.Tensor, p_k: torch.Tensor, k_lr: torch.Tensor
     if not single:
         _merge_splits_kernel[(batch * n_q,)](
             m, l, acc, out, n_splits, r,
-            BLOCK_S=max(2, triton.next_power_of_2(n_splits)), BLOCK_R=block_r, num_warps=1,
+            BLOCK_S=max(2, triton.next_power_of_2(n_splits)), BLOCK_R=block_r, num_warps=4,
         )
     return out

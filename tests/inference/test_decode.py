@@ -196,10 +196,10 @@ def test_kernel_bfloat16_at_a_model_shape(triton_kernels, device: str) -> None:
     """Natively in bfloat16 (the benchmark's dtype) with d = 128, r = 64, several tiles per chunk;
     on CPU the same shape runs in float16, short enough for the interpreter."""
     kernels = triton_kernels(KERNELS)
-    dtype, context = (torch.bfloat16, 3000) if device == "cuda" else (torch.float16, 200)
+    dtype, context = (torch.bfloat16, 3000) if device == "cuda" else (torch.float16, 150)
     q, p_k, k_lr, v_lr = operands(2, 32, 8, 128, 64, context, seed=5, dtype=dtype, device=device)
     ref = lowrank_decode_reference(q, p_k, k_lr, v_lr)
-    for splits in (None, 1, 2):
+    for splits in (None, 2) if device == "cuda" else (1, 2):  # on CPU the automatic split is 1
         assert_close(kernels.lowrank_decode_triton(q, p_k, k_lr, v_lr, splits=splits), ref, backend="triton")
 
 
