@@ -132,11 +132,12 @@ def dense_ops(batch: int, d_in: int, d_out: int, *, bytes_per_value: int = 2) ->
     return OpCount(2 * b * d * n, s * (d * n + b * d + b * n))
 
 
-def moe_ops(batch: int, d_in: int, d_out: int, *, n_experts: int, top_k: int, bytes_per_value: int = 2,
-            loads: Sequence[int] | None = None) -> OpCount:
+def moe_ops(batch: int, d_in: int, d_out: int, *, n_experts: int, top_k: int,
+            bytes_per_value: int = 2, loads: Sequence[int] | None = None) -> OpCount:
     """A mixture-of-experts GEMM: the router (d x E) for every token, then each expert with
     tokens (``loads[e]`` of them, balanced round-robin by default) reads its weight once."""
-    b, e, k = check_int("batch", batch, 1), check_int("n_experts", n_experts, 1), check_int("top_k", top_k, 1)
+    b, e = check_int("batch", batch, 1), check_int("n_experts", n_experts, 1)
+    k = check_int("top_k", top_k, 1)
     if k > e:
         raise ValueError(f"top_k must be <= n_experts={e}, got {k}")
     d, n = check_int("d_in", d_in, 1), check_int("d_out", d_out, 1)
@@ -323,26 +324,31 @@ def place_layers(ops: Mapping[str, OpCount], compute: Device, memory: Device) ->
     """
     if not isinstance(compute, Device) or not isinstance(memory, Device):
         raise TypeError("compute and memory must be Devices")
-    return {name: (memory if roofline_time(o, memory) < roofline_time(o, compute) else compute).name
-            for name, o in ops.items()}
+    return {name: (memory if roofline_time(o, memory) < roofline_time(o, compute)
+                   else compute).name for name, o in ops.items()}
+
+# show: end placement
 
 
+# show: start link
 def offload_link_bandwidth(shape: ModelShape, batch: int, compute: Device) -> float:
     """Bytes/s the link must carry when attention runs on other devices (attention offloading).
 
     Per decode step and layer, each request's query, key and value go out and its attention
     output comes back: ``s dh (2 Hq + 2 Hkv)`` bytes, times L layers and B requests, within the
-    time of one step of the rest of the model on ``compute`` (every weight read once, 2 FLOPs per
-    weight per request, at the roofline).
+    time of one step of the rest of the model on ``compute`` (every weight read once,
+    2 FLOPs per weight per request, at the roofline).
     """
     b = check_int("batch", batch, 1)
     if not isinstance(shape, ModelShape) or not isinstance(compute, Device):
         raise TypeError("shape must be a ModelShape and compute a Device")
     dh = shape.d_model // shape.n_head
-    per_token = shape.n_layer * shape.bytes_per_value * dh * (2 * shape.n_head + 2 * shape.n_kv_head)
-    step = roofline_time(OpCount(2 * shape.n_params * b, shape.n_params * shape.bytes_per_value), compute)
+    heads = 2 * shape.n_head + 2 * shape.n_kv_head  # q and output; k and v
+    per_token = shape.n_layer * shape.bytes_per_value * dh * heads
+    weights = shape.n_params * shape.bytes_per_value
+    step = roofline_time(OpCount(2 * shape.n_params * b, weights), compute)
     return b * per_token / step
-# show: end placement
+# show: end link
 
 
 def time_layers(layers: Mapping[str, Callable[[int], Callable[[], torch.Tensor]]], batches: Sequence[int], *,
