@@ -27,15 +27,18 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   "Arithmetic intensity": :mod:`~labkit.inference.intensity` (FLOPs and bytes of dense,
   mixture-of-experts and grouped-query attention layers at decode, counted and in closed form;
   per-layer device choice on the roofline; the link bandwidth attention offloading needs).
-- MatryoshkaKV (``matryoshkakv``), chapter 07 section 03, its decode step:
+- MatryoshkaKV (``matryoshkakv``), chapter 07 section 03 "MatryoshkaKV":
+  :mod:`~labkit.inference.matryoshka` (orthogonal key and value projections per head cut to a
+  rank, the PCA baseline, Matryoshka training against the full model with nested random ranks,
+  the greedy per-head rank search under an average budget), and its decode step:
   :mod:`~labkit.inference.decode` (attention of a new token over the low-rank cache, the query
   projected once, grouped-query heads sharing each cache read; the PyTorch reference, and a
   split-context Triton kernel with a log-sum-exp merge in ``labkit.inference._kernels``).
 """
 
-from . import costs, decode, hidden_transfer, hooks, intensity, kvcache, mod, serving, skipping
+from . import costs, decode, hidden_transfer, hooks, intensity, kvcache, matryoshka, mod, serving, skipping
 from .duo import (DuoConfig, DuoGPT, LayerRouters, OracleResult, oracle_routes, route_macs, routed_loss,
                   train_duo, train_routers)
 
-__all__ = ["costs", "decode", "hidden_transfer", "hooks", "intensity", "kvcache", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
+__all__ = ["costs", "decode", "hidden_transfer", "hooks", "intensity", "kvcache", "matryoshka", "mod", "serving", "skipping", "DuoConfig", "DuoGPT", "LayerRouters", "OracleResult", "oracle_routes", "route_macs", "routed_loss",
            "train_duo", "train_routers"]
