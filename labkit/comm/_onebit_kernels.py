@@ -71,21 +71,24 @@ def _sign_pack_kernel(x_ptr, e_ptr, partial_ptr, packed_ptr, scale_ptr, n_elemen
     if INDEX_64:
         pid = pid.to(tl.int64)
     # show: start sign-pack
-    p = tl.arange(0, PARTIALS)  # every program sums the P partials itself
-    total = tl.sum(tl.load(partial_ptr + p, mask=p < n_programs, other=0.0), axis=0)
-    s = tl.div_rn(tl.sqrt_rn(total), sqrt_d)  # s = ||c||_2 / sqrt(d)
+    p = tl.arange(0, PARTIALS)  # every program adds up the P partials
+    partial = tl.load(partial_ptr + p, mask=p < n_programs, other=0.0)
+    s = tl.div_rn(tl.sqrt_rn(tl.sum(partial, axis=0)), sqrt_d)  # ||c|| / sqrt(d)
     if pid == 0:
         tl.store(scale_ptr, s)
-    rows = tl.arange(0, BLOCK_SIZE // 8)  # one row of 8 entries per byte
+    rows = tl.arange(0, BLOCK_SIZE // 8)  # a block as rows of 8 entries
     bit = tl.arange(0, 8)
-    for k in range(0, n_iters):
+    for k in range(0, n_iters):  # blocks pid, pid + P, ... as in pass 1
         byte = (pid + k * n_programs) * (BLOCK_SIZE // 8) + rows
-        i = byte[:, None] * 8 + bit[None, :]  # entry 8 b + k -> bit k of byte b
+        i = byte[:, None] * 8 + bit[None, :]  # entry 8 b + k: bit k of byte b
         mask = i < n_elements
-        c = tl.load(x_ptr + i, mask=mask, other=0.0) + tl.load(e_ptr + i, mask=mask, other=0.0)
-        negative = c < 0  # padding is 0: bit clear, as pack_signs pads
-        tl.store(e_ptr + i, tl.where(negative, c + s, c - s), mask=mask)  # e <- c - s sign(c)
-        packed = tl.sum(negative.to(tl.int32) << bit[None, :], axis=1)  # disjoint bits: sum = or
+        c = (tl.load(x_ptr + i, mask=mask, other=0.0)
+             + tl.load(e_ptr + i, mask=mask, other=0.0))
+        negative = c < 0  # sign(0) = +1; padding (0) leaves its bit clear
+        # e <- c - s sign(c)
+        tl.store(e_ptr + i, tl.where(negative, c + s, c - s), mask=mask)
+        # the 8 bits of a row are disjoint: their sum is the packed byte
+        packed = tl.sum(negative.to(tl.int32) << bit[None, :], axis=1)
         tl.store(packed_ptr + byte, packed.to(tl.uint8), mask=byte < n_bytes)
     # show: end sign-pack
 

@@ -111,12 +111,14 @@ def check_feedback_args(x: object, error: object, *, op: str) -> None:
 
 
 # show: start feedback
-def compress_with_feedback_reference(x: torch.Tensor,
-                                     error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compress ``c = x + error`` and keep what was dropped: ``error <- c - s * sign(c)``.
+def compress_with_feedback_reference(
+        x: torch.Tensor,
+        error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compress ``c = x + error``; keep ``error <- c - s sign(c)``.
 
     Returns:
-        ``(packed, scale)`` as :func:`compress` returns them; ``error`` is overwritten in place.
+        ``(packed, scale)`` as :func:`compress` returns them; ``error`` is
+        overwritten in place.
     """
     check_feedback_args(x, error, op="compress_with_feedback")
     packed, scale, err = compress(x + error)
