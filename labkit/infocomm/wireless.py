@@ -109,19 +109,21 @@ class GilbertElliott:
         return (1.0 - pi_b) * self.loss_good + pi_b * self.loss_bad
 
     def mean_burst_length(self) -> float:
-        """Mean length of a run of consecutive losses, one base-rate packet per slot.
+        """Mean length of a run of consecutive losses, one packet per slot.
 
-        Losses per slot / runs started per slot: ``pi D1 1 / (pi D0 P D1 1)`` with ``P`` the
-        transition matrix, ``D1 = diag(e)`` and ``D0 = diag(1 - e)``; for ``e = (0, 1)`` it
-        is the mean stay in the bad state, ``1 / p_bg``.
+        Losses per slot over runs started per slot: ``pi D1 1 / (pi D0 P D1 1)``
+        with ``P`` the transition matrix, ``D1 = diag(e)``, ``D0 = I - D1``;
+        for ``e = (0, 1)`` it is the mean stay in the bad state, ``1 / p_bg``.
         """
         pi = np.array([1.0 - self.bad_share, self.bad_share])
-        trans = np.array([[1.0 - self.p_gb, self.p_gb], [self.p_bg, 1.0 - self.p_bg]])
-        e = self.losses(1)
-        lost = float(pi @ e)
-        starts = float((pi * (1.0 - e)) @ trans @ e)
+        trans = np.array([[1.0 - self.p_gb, self.p_gb],
+                          [self.p_bg, 1.0 - self.p_bg]])
+        e = self.losses(1)  # (good, bad) loss of a base-rate packet
+        lost = float(pi @ e)  # losses per slot
+        starts = float((pi * (1.0 - e)) @ trans @ e)  # no loss, then a loss
         if starts == 0.0:
-            raise ValueError("the channel never starts a loss burst (no losses, or only losses)")
+            raise ValueError("the channel never starts a loss burst "
+                             "(no losses, or only losses)")
         return lost / starts
 
 
