@@ -196,13 +196,15 @@ def _build_cases() -> list[Case]:
                        constexprs=dict(BLOCK_M=ring["block_m"], BLOCK_N=ring["block_n"], BLOCK_K=ring["block_k"],
                                        GROUP_M=ring["group_m"], CHUNK=ring["chunk"]),
                        num_warps=ring["num_warps"], num_stages=ring["num_stages"], mma=True, descriptors=2))
-    for dtype, short in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):  # d = 128, r = 64, groups of 4
+    # d = 128, r = 64, groups of 4; bfloat16 writes partials for the merge, float32 its output itself
+    for dtype, short in ((torch.bfloat16, "bf16"), (torch.float32, "fp32_single")):
         block_t, warps, stages = DECODE_CONFIGS[dtype]
+        ty = short[:4]
         cases.append(_case("inference", "_lowrank_decode_kernel", short, pointers=dict(
-            q_ptr=f"*{short}", pk_ptr=f"*{short}", k_ptr=f"*{short}", v_ptr=f"*{short}", out_ptr=f"*{short}",
+            q_ptr=f"*{ty}", pk_ptr=f"*{ty}", k_ptr=f"*{ty}", v_ptr=f"*{ty}", out_ptr=f"*{ty}",
             m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32"), scalars={"qk_scale": "fp32"},
-            constexprs=dict(BLOCK_G=16, BLOCK_D=128, BLOCK_R=64, BLOCK_T=block_t, SINGLE=False,
-                            IEEE=short == "fp32"), num_warps=warps, num_stages=stages, mma=short != "fp32"))
+            constexprs=dict(BLOCK_G=16, BLOCK_D=128, BLOCK_R=64, BLOCK_T=block_t, SINGLE=ty == "fp32",
+                            IEEE=ty == "fp32"), num_warps=warps, num_stages=stages, mma=ty != "fp32"))
     cases.append(_case("inference", "_merge_splits_kernel", pointers=dict(
         m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr="*bf16"), constexprs=dict(BLOCK_S=64, BLOCK_R=64)))
     return cases
