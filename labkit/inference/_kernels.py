@@ -32,6 +32,7 @@ interpreter runs them (``TRITON_INTERPRET=1``, set before this module is importe
 kernels on CPU tensors; it mishandles bfloat16, so CPU tests stop at float16).
 
 Shapes: as in :mod:`labkit.inference.decode`; S chunks (``splits``).
+Section: chapter 07, "MatryoshkaKV: trainable orthogonal KV projections".
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ reading key-value head ``h // (Hq / Hkv)`` (the order of ``repeat_interleave``, 
 
 Shapes: B requests, Hq query heads, Hkv key-value heads, d head width, r kept rank, T cached
 positions. q (B, Hq, 1, d), p_k (Hkv, d, r), k_lr and v_lr (B, Hkv, T, r) -> (B, Hq, 1, r).
+Section: chapter 07, "MatryoshkaKV: trainable orthogonal KV projections".
 """
 
 from __future__ import annotations
