@@ -6,6 +6,10 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   chapter 16 section 01 "The information plane": :mod:`~labkit.infocomm.infoplane` (the
   symmetric 12-bit task, the 12-10-7-5-4-3-2 net, binned mutual information and the KDE
   upper bound).
+- Talking Models: Distill Pre-trained Knowledge to Downstream Models via Interactive
+  Communication (``talking_models``), chapter 16 section 03 "Talking models":
+  :mod:`~labkit.infocomm.talking` (encoder and decoder pairs, the student-teacher exchange,
+  its training loss, feature distillation and the shifted digits task).
 - Cross-Layer Protocols for Multimedia Communications over Wireless Networks
   (``cross_layer_protocols``), chapter 16 section 05 "Cross-layer protocols":
   :mod:`~labkit.infocomm.wireless` (the Gilbert-Elliott channel and its closed forms, GOPs
