@@ -1,6 +1,7 @@
 """MatryoshkaKV: trainable orthogonal projections of the lab GPT's keys and values.
 
-MatryoshkaKV (Lin et al., 2024) shrinks the KV cache along the feature axis. Every attention
+*MatryoshkaKV: Adaptive KV Compression via Trainable Orthogonal Projection* (Lin et al., 2024,
+arXiv:2410.14731) shrinks the KV cache along the feature axis. Every attention
 head of every block gets two orthogonal d x d matrices ``U_k`` and ``U_v``; the cache keeps only
 the first ``r`` coordinates of the rotated keys and values:
 
@@ -20,6 +21,11 @@ Here the model is :class:`labkit.lm.GPT` run block by block through
 ``r`` keeps columns ``0 .. r-1``; :func:`projected_attention` zeroes the other columns of the
 rotated keys and values, which computes exactly what keeping the first ``r`` does, and lets every
 head have its own rank in one batched product.
+
+What the miniature leaves out: the paper's 7B models, long training runs and downstream tasks;
+here the bases of a byte GPT are trained for a few hundred steps and judged by the KL divergence
+to the full model and by next-byte accuracy. The rank search is greedy and lazy (one cut at a
+time, costs re-measured only for the cheapest candidate).
 
 Shapes: B batch, T tokens, D width, L blocks, H heads, d = D / H head width, N samples,
 r kept columns.
