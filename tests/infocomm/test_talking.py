@@ -103,6 +103,12 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="noise"):
         tk.shifted_digits(torch.rand(30, 64), torch.arange(30) % 10, torch.rand(5, 64),
                           torch.arange(5), n_labels=10, noise=-1.0)
+    with pytest.raises(ValueError, match="steps"):
+        tk.pretrain_teacher(torch.rand(10, 64), torch.arange(10), steps=0)
+    with pytest.raises(ValueError, match="width"):
+        tk.MLP(64, 0, 5)
+    with pytest.raises(ValueError, match="weight"):
+        tk.train_downstream("talking", task, teacher, weight=-1.0)
     with pytest.raises(ValueError, match="y must"):
         tk.shifted_digits(torch.rand(30, 64), torch.arange(29) % 10, torch.rand(5, 64),
                           torch.arange(5), n_labels=10)
