@@ -112,14 +112,16 @@ def _lowrank_decode_kernel(
         mask_t = t < end
         offs = base + t[:, None] * rank + rs[None, :]
         mask_tr = mask_t[:, None] & mask_r[None, :]
-        k = tl.load(k_ptr + offs, mask=mask_tr, other=0.0)  # (BLOCK_T, BLOCK_R), shared by the G heads
+        # one (BLOCK_T, BLOCK_R) tile of K~ and of V~, shared by the G heads
+        k = tl.load(k_ptr + offs, mask=mask_tr, other=0.0)
         v = tl.load(v_ptr + offs, mask=mask_tr, other=0.0)
         if IEEE:
             s = tl.dot(q_lr, tl.trans(k), input_precision="ieee")
         else:
-            s = tl.dot(q_lr, tl.trans(k))  # (BLOCK_G, BLOCK_T) scores, log2 units
+            s = tl.dot(q_lr, tl.trans(k))  # (BLOCK_G, BLOCK_T), log2 units
         s = tl.where(mask_t[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX))  # finite: every tile holds a position < end
+        # finite: every tile holds a position before the chunk's end
+        m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.reduce(p, 1, _SUM)

@@ -93,11 +93,13 @@ def _attend(q: torch.Tensor, p_k: torch.Tensor, k_lr: torch.Tensor, v_lr: torch.
     group = n_q // n_kv
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
     # show: start reference
-    qg = q.to(work).reshape(batch, n_kv, group, d)  # query head h = kv * group + g
-    q_lr = qg @ p_k.to(work)  # (B, Hkv, G, r): q~ = q P_k, each head with its kv head's projection
-    scores = q_lr @ k_lr.to(work).transpose(-1, -2) / math.sqrt(d)  # (B, Hkv, G, T), scale of the full width
+    # query head h = kv * group + g reads key-value head kv
+    qg = q.to(work).reshape(batch, n_kv, group, d)
+    q_lr = qg @ p_k.to(work)  # (B, Hkv, G, r): q~ = q P_k
+    # (B, Hkv, G, T) scores, scaled by the full width d
+    scores = q_lr @ k_lr.to(work).transpose(-1, -2) / math.sqrt(d)
     probs = torch.softmax(scores, dim=-1)
-    out = probs @ v_lr.to(work)  # (B, Hkv, G, r): still in the projected space
+    out = probs @ v_lr.to(work)  # (B, Hkv, G, r): still projected
     # show: end reference
     return out.reshape(batch, n_q, 1, r).to(q.dtype)
 
