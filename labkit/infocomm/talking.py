@@ -9,18 +9,18 @@ pushes does not fit. The paper makes the transfer a conversation: each model own
 (its hidden state -> a message in a shared message space) and a *decoder* (any message -> its
 own hidden state). The student encodes its state and sends it; the teacher decodes the message
 as one of its own states, runs its upper layers on it and encodes the result back; the student
-decodes the reply into its own space and fuses it with its state. The reply is a function of
-what the student itself computed, so the teacher answers the student's question, on the
-student's data, in the student's space.
+decodes the reply into its own space and fuses it with its state. The reply depends on what
+the student itself computed, so the teacher answers the student's question, on the student's
+data, in the student's space.
 
 Our reading, in miniature (the abstract fixes the encoder/decoder pairs and the two-way
-exchange; the losses below are ours): the teacher is frozen; the student, both codecs and the
-fusion are trained on the downstream labels through the exchange, the teacher's decoder is
-grounded by asking it to read the student's message as the teacher's own state of the same
-input, and the student alone (no teacher at inference) learns to match the predictions it makes
-with the reply. Feature distillation through a projection of the same width is the baseline.
-The miniature leaves out: transformers and text, several rounds of conversation, and a teacher
-that adapts (the paper's may fine-tune its codec layers at scale).
+exchange; the rest is ours): the teacher is frozen and adds what it decodes from the question
+to its own lower-layer state of the same input before its upper layer runs; the student and
+both codecs are trained on the downstream labels through the exchange, and the student alone
+(no teacher at inference) learns, on labelled and unlabelled inputs, to match the
+predictions it makes with the reply. Feature distillation through a projection of the
+same width is the baseline. The miniature leaves out transformers and text, several rounds
+of conversation, and a teacher that adapts.
 
 Shapes: B inputs of D = 64 pixels, S student width (16), T teacher width (512), M message
 width, C classes.
@@ -173,8 +173,9 @@ class Exchange:
 
     Attributes:
         state: the student's lower-layer state (B, S); question: its message (B, M).
-        read: the teacher's reading of it as its own lower-layer state (B, T).
-        answer: the teacher's upper-layer state on that reading (B, T); reply: its message (B, M).
+        read: the question decoded into the teacher's space (B, T), added to the teacher's own
+            lower-layer state of the same input.
+        answer: the teacher's upper-layer state on that sum (B, T); reply: its message (B, M).
         heard: the reply decoded into the student's space (B, S).
         own: the student's own upper state (B, S); fused: ``own + heard`` (B, S).
     """
