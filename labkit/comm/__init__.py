@@ -25,7 +25,8 @@ Chapter 12, "Communication-efficient training", builds on these collectives:
 
 - 1-bit Adam (``one_bit_adam``), section 01 "1-bit Adam": :mod:`~labkit.comm.onebit` (sign
   compression with error feedback, the two-hop compressed all-reduce on real and simulated
-  ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``.
+  ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``, its Triton
+  compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``.
 """
 
 from .bytescale import dynamic_assignment, sample_lengths, static_mesh_assignment
