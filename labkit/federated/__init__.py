@@ -22,6 +22,11 @@
   classifier's frozen convolutions, and the aggregation rules (mean, coordinate median,
   trimmed mean, Krum, Flag Aggregator's reweighted subspace, Bristle's per-class
   prioritiser and integrator).
+- :mod:`labkit.federated.supermask`: HideNseek (hidenseek), "HideNseek: Federated Lottery
+  Ticket via Server-side Pruning and Sign Supermask" (section 04, "Federated lottery
+  tickets: HideNseek"): iterated SynFlow pruning at initialisation, sign and {0, 1}
+  supermasks trained through a straight-through estimator, one bit per kept weight packed
+  into bytes, the server's majority vote, and dense FedAvg on the same clients.
 """
 
 from labkit.federated.gossip import (
