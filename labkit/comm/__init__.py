@@ -26,7 +26,11 @@ Chapter 12, "Communication-efficient training", builds on these collectives:
 - 1-bit Adam (``one_bit_adam``), section 01 "1-bit Adam": :mod:`~labkit.comm.onebit` (sign
   compression with error feedback, the two-hop compressed all-reduce on real and simulated
   ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``, its Triton
-  compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``.
+  compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``;
+- in-memory fault tolerance (``inmemory_fault_tolerance``), section 05 "In-memory fault
+  tolerance": :mod:`~labkit.comm.erasure` (XOR and Reed-Solomon parity over GF(2^8), byte
+  columns) and :mod:`~labkit.comm.snapshot` (rotated-parity snapshots in host memory, a
+  background writer, rebuilding lost ranks); its runs and figure are in ``_snapshot_runs.py``.
 """
 
 from .bytescale import dynamic_assignment, sample_lengths, static_mesh_assignment
