@@ -29,6 +29,7 @@ __all__ = [
     "make_graph",
     "run_dadao",
     "run_tracking",
+    "sdp_edge_rates",
     "theorem_rate",
 ]
 
@@ -114,6 +115,53 @@ def theorem_rate(chi_1: float, chi_2: float) -> float:
     chi_1 = check_real("chi_1", chi_1, 0.0, strict=True)
     chi_2 = check_real("chi_2", chi_2, 0.0, strict=True)
     return float(np.sqrt(2.0 * chi_1 * chi_2))
+
+
+def sdp_edge_rates(graph: nx.Graph, *, floor: float = 0.01) -> np.ndarray:
+    """Edge distribution p (summing to 1) maximising lambda_2 of the Laplacian.
+
+    The semidefinite programme (solved with cvxpy)
+
+        maximise t  subject to  sum_ij p_ij L_ij - t (I - 11^T / n) is PSD,
+                                sum_ij p_ij = 1,  p_ij >= floor / |E|,
+
+    with L_ij = (e_i - e_j)(e_i - e_j)^T, maximises the algebraic
+    connectivity, so it minimises chi_1 = 1 / lambda_2 at a fixed total rate.
+    chi_1 chi_2, the product that sets DADAO's message count, is not convex in
+    p; lambda_2 is its convex half. The floor keeps every edge's clock running
+    (DADAO needs rates > 0).
+
+    Args:
+        graph: a connected networkx graph.
+        floor: each edge gets at least ``floor / |E|`` of the total, in [0, 1).
+
+    Raises:
+        ImportError: cvxpy is not installed.
+        ValueError: a disconnected graph or a floor outside [0, 1).
+    """
+    _edge_rates(graph, None)  # checks the graph
+    floor = check_real("floor", floor, 0.0)
+    if floor >= 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
+    try:
+        import cvxpy as cp
+    except ImportError as exc:
+        raise ImportError("sdp_edge_rates needs cvxpy (pinned in "
+                          "requirements.txt: pip install cvxpy)") from exc
+    nodes = list(graph.nodes)
+    index = {v: k for k, v in enumerate(nodes)}
+    n, m = len(nodes), graph.number_of_edges()
+    incidence = np.zeros((n, m))  # (N, M): column e = e_i - e_j
+    for e, (i, j) in enumerate(graph.edges):
+        incidence[index[i], e], incidence[index[j], e] = 1.0, -1.0
+    p, t = cp.Variable(m), cp.Variable()
+    lap = incidence @ cp.diag(p) @ incidence.T  # (N, N)
+    centred = np.eye(n) - np.ones((n, n)) / n
+    constraints = [0.5 * (lap + lap.T) - t * centred >> 0, cp.sum(p) == 1,
+                   p >= floor / m]
+    cp.Problem(cp.Maximize(t), constraints).solve()
+    rates = np.maximum(np.asarray(p.value, dtype=float), floor / m)
+    return rates / rates.sum()
 
 
 @dataclass

@@ -123,3 +123,34 @@ def test_bad_inputs() -> None:
         make_graph("torus", 10)
     with pytest.raises(ValueError, match="eps"):
         gossip.GossipRun(np.zeros(1), np.zeros(1), np.zeros(1)).to_reach(-1.0)
+
+
+def test_sdp_edge_rates_by_hand_on_a_path():
+    # a path 0-1-2 with rates (a, 1 - a): lambda_2 = 1 - sqrt(a^2 + (1-a)^2 - a(1-a)),
+    # largest at the symmetric point a = 1/2, where the eigenvalues are 0, 1/2 and 3/2
+    rates = gossip.sdp_edge_rates(nx.path_graph(3))
+    assert np.allclose(rates, [0.5, 0.5], atol=1e-4)
+    chi_1, _ = graph_constants(nx.path_graph(3), rates)
+    assert abs(chi_1 - 2.0) < 1e-3
+
+
+def test_sdp_edge_rates_raise_lambda_2_on_a_bottleneck():
+    # two 8-cliques joined by one edge: uniform rates starve the bridge
+    graph = nx.barbell_graph(8, 0)
+    rates = gossip.sdp_edge_rates(graph)
+    assert rates.shape == (graph.number_of_edges(),) and abs(rates.sum() - 1) < 1e-9
+    assert rates.min() >= 0.01 / graph.number_of_edges() * (1 - 1e-9)
+    uniform, tuned = graph_constants(graph)[0], graph_constants(graph, rates)[0]
+    assert tuned < uniform / 4  # chi_1 = 1 / lambda_2 falls several-fold
+    bridge = list(graph.edges).index((7, 8))
+    assert rates[bridge] == rates.max()
+
+
+def test_sdp_edge_rates_bad_inputs_and_missing_cvxpy(monkeypatch):
+    with pytest.raises(ValueError, match="connected"):
+        gossip.sdp_edge_rates(nx.Graph([(0, 1), (2, 3)]))
+    with pytest.raises(ValueError, match="floor"):
+        gossip.sdp_edge_rates(nx.path_graph(3), floor=1.0)
+    monkeypatch.setitem(__import__("sys").modules, "cvxpy", None)
+    with pytest.raises(ImportError, match="cvxpy"):
+        gossip.sdp_edge_rates(nx.path_graph(3))
