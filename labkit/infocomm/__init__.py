@@ -6,6 +6,10 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   chapter 16 section 01 "The information plane": :mod:`~labkit.infocomm.infoplane` (the
   symmetric 12-bit task, the 12-10-7-5-4-3-2 net, binned mutual information and the KDE
   upper bound).
+- Minimum Entropy Coupling with Bottleneck (``mec_b``), chapter 16 section 02 "Minimum-entropy
+  coupling with a bottleneck": :mod:`~labkit.infocomm.coupling` (greedy minimum-entropy
+  coupling, the majorisation meet bound, a greedy EBIM encoder and brute-force references)
+  and :mod:`~labkit.infocomm.mcg` (the rate-limited Markov coding game).
 - Talking Models: Distill Pre-trained Knowledge to Downstream Models via Interactive
   Communication (``talking_models``), chapter 16 section 03 "Talking models":
   :mod:`~labkit.infocomm.talking` (encoder and decoder pairs, the student-teacher exchange,
