@@ -203,9 +203,10 @@ def overhead_study(widths: Sequence[int], *, repeats: int = 7, world_size: int =
     """Per width: the blocking cost of a snapshot, of a disk checkpoint, and of a step.
 
     Times one training step of the MLP (one rank holding the whole state), the blocking part of
-    a snapshot (serialising the state to host memory), the background part (encoding the
-    stores of ``world_size`` such shards and writing one rank's to the snapshot root), and a
-    disk checkpoint (``torch.save`` to a file in ``disk_dir`` plus ``fsync``). Medians of
+    a snapshot (copying the state: parameters, moments, RNG state), the background part
+    (serialising it, encoding the stores of ``world_size`` such shards and writing one rank's
+    to the snapshot root), and a disk checkpoint (``torch.save`` to a file in ``disk_dir``
+    plus ``fsync``, all blocking). Medians of
     ``repeats`` timings, in seconds; ``disk_mad`` is the checkpoint's median absolute deviation
     and ``timer_noise`` the jitter of an empty interval.
     """
@@ -226,15 +227,16 @@ def overhead_study(widths: Sequence[int], *, repeats: int = 7, world_size: int =
             blob = pack_state(me.shard())
 
             def background() -> None:
-                store = encode_snapshot([blob] * world_size, m)[0]
+                packed = pack_state(me.shard())
+                store = encode_snapshot([packed] * world_size, m)[0]
                 with tempfile.TemporaryDirectory(dir=_shm()) as shm:
                     for name, data in store.items():
                         (Path(shm) / name).write_bytes(data)
 
             step()
             t_step, _ = _median_time(step, repeats)
-            t_snap, _ = _median_time(lambda: pack_state(me.shard()), repeats)
-            t_bg, _ = _median_time(background, max(3, repeats // 2))
+            t_snap, _ = _median_time(me.shard, repeats)
+            t_bg, _ = _median_time(background, max(2, repeats // 3))
             t_disk, mad_disk = _median_time(checkpoint, repeats)
             rows.append(dict(width=width, params=me.theta.numel(), state_bytes=len(blob),
                              step=t_step, snapshot=t_snap, background=t_bg, disk=t_disk,

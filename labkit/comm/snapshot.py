@@ -158,7 +158,7 @@ def rebuild_shards(stores: Sequence[dict[str, bytes] | None], m: int) -> list[by
 class SnapshotWriter:
     """A background thread that writes one rank's snapshot stores to a directory.
 
-    :meth:`submit` returns at once; the thread writes each named byte string of the store to
+    :meth:`submit` returns once the previous snapshot is written; the thread writes each named byte string of the store to
     ``<directory>/step-<step>.tmp/`` and renames the folder to ``step-<step>`` when all are
     written (to memory, under ``/dev/shm``), keeping the last ``keep`` snapshots.
 
@@ -181,12 +181,15 @@ class SnapshotWriter:
         """Queue ``store`` (name -> bytes) as the snapshot of ``step``.
 
         ``store`` may be a function returning that dict: the thread then calls it, so the
-        parity is computed in the background too.
+        parity is computed in the background too. A previous snapshot still being written is
+        waited for first: at most one is in flight, so when a job dies every rank has
+        finished the snapshot before the last one it started (and ``keep >= 2`` holds it).
         """
         if self._error is not None:
             raise RuntimeError("SnapshotWriter: an earlier write failed") from self._error
         if not (callable(store) or isinstance(store, dict)):
             raise TypeError(f"store must be a dict or a function, got {type(store).__name__}")
+        self.wait()
         self._queue.put((check_int("step", step, 0), store))
 
     def _run(self) -> None:

@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,16 @@ def test_real_crash_rebuild_and_resume(tmp_path: Path) -> None:
     shutil.rmtree(dirs[1])
     with pytest.raises(LaunchError, match="at most m = 1"):
         launch(snapshot_training, 3, timeout=90, kwargs=dict(resume=True, **kw))
+
+
+def test_submit_waits_for_the_previous_snapshot(tmp_path: Path) -> None:
+    def slow() -> dict[str, bytes]:
+        time.sleep(0.3)
+        return {"shard": b"1"}
+
+    writer = SnapshotWriter(tmp_path)
+    writer.submit(1, slow)
+    assert not (tmp_path / "step-1").exists()  # submit returned before the write
+    writer.submit(2, {"shard": b"2"})
+    assert (tmp_path / "step-1").is_dir()  # at most one snapshot in flight
+    writer.close()
