@@ -27,6 +27,9 @@ Chapter 12, "Communication-efficient training", builds on these collectives:
   compression with error feedback, the two-hop compressed all-reduce on real and simulated
   ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``, its Triton
   compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``;
+- GNNPipe (``gnnpipe``), section 04 "GNNPipe: pipelined layers over graph chunks":
+  :mod:`~labkit.comm.gnnpipe` (partitions and halo volumes, a residual GCN split into
+  pipeline stages over graph chunks with historical embeddings, on real and simulated ranks);
 - in-memory fault tolerance (``inmemory_fault_tolerance``), section 05 "In-memory fault
   tolerance": :mod:`~labkit.comm.erasure` (XOR and Reed-Solomon parity over GF(2^8), byte
   columns) and :mod:`~labkit.comm.snapshot` (rotated-parity snapshots in host memory, a
