@@ -33,7 +33,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from ..plotting import PALETTE
 from .report import slider_figure
 from .snapshot import (SnapshotWriter, encode_snapshot, latest_common_step, load_snapshot,
-                       pack_state, rebuild_shards, unpack_state)
+                       pack_state, rebuild_shards, snapshot_root, unpack_state)
 
 DIM, N_DATA, BATCH, NOISE = 16, 512, 32, 0.05
 
@@ -229,7 +229,7 @@ def overhead_study(widths: Sequence[int], *, repeats: int = 7, world_size: int =
             def background() -> None:
                 packed = pack_state(me.shard())
                 store = encode_snapshot([packed] * world_size, m)[0]
-                with tempfile.TemporaryDirectory(dir=_shm()) as shm:
+                with tempfile.TemporaryDirectory(dir=snapshot_root()) as shm:
                     for name, data in store.items():
                         (Path(shm) / name).write_bytes(data)
 
@@ -251,11 +251,6 @@ def timer_noise(samples: int = 101) -> float:
         t0 = time.perf_counter()
         times.append(time.perf_counter() - t0)
     return sorted(times)[int(0.9 * (samples - 1))]
-
-
-def _shm() -> str:
-    from .snapshot import snapshot_root
-    return str(snapshot_root())
 
 
 def overhead_figure(rows: Sequence[dict], ks: Sequence[int]) -> go.Figure:

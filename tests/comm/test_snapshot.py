@@ -134,3 +134,16 @@ def test_submit_waits_for_the_previous_snapshot(tmp_path: Path) -> None:
     writer.submit(2, {"shard": b"2"})
     assert (tmp_path / "step-1").is_dir()  # at most one snapshot in flight
     writer.close()
+
+
+def test_overhead_study_and_figure() -> None:
+    from labkit.comm._snapshot_runs import overhead_figure, overhead_study
+
+    rows = overhead_study([8, 16], repeats=3)
+    assert [r["width"] for r in rows] == [8, 16]
+    assert rows[0]["params"] == 16 * 8 + 8 + 8 * 8 + 8 + 8 + 1
+    assert all(r[k] > 0 for r in rows for k in ("step", "snapshot", "background", "disk"))
+    fig = overhead_figure(rows, [1, 10, 100])
+    assert len(fig.layout.sliders[0].steps) == 2
+    snap = fig.data[3]  # last panel's snapshot line: overhead falls as 1/k
+    assert snap.y[0] == pytest.approx(10 * snap.y[1]) == pytest.approx(100 * snap.y[2])
