@@ -8,7 +8,8 @@ Parallelism") splits by *layers* instead: rank r owns L/P consecutive layers for
 only the (N, d) activations between consecutive ranks travel, ``2 (P - 1) N d`` per epoch,
 independent of L. To pipeline, the nodes are cut into C chunks processed one after the other;
 a layer of chunk c reads the embeddings of neighbours in later chunks from the previous epoch
-(*historical embeddings*), those of earlier chunks from this epoch.
+(*historical embeddings*), those of earlier chunks from this epoch. Here the chunks are dealt
+anew every epoch by default (a choice of this book), so that no edge is cut in every epoch.
 
 The model is a residual stack of chapter 02's GCN layer (:class:`labkit.graphs.GCN`, one layer
 ``A_hat (H W)`` each): ``H_{l+1} = H_l + relu(A_hat H_l W_l)``, between an input and an output
@@ -261,19 +262,23 @@ def _check_pipe(graph: Graph, stages: int, layers: int, chunks: int, epochs: int
 
 def _pipeline(graph: Graph, ranks: Sequence[int], n_stages: int, *, layers: int, hidden: int,
               chunks: int, epochs: int, lr: float, seed: int, train_frac: float,
-              rank: int | None) -> dict:
+              reshuffle: bool, rank: int | None) -> dict:
     """The GNNPipe loop; ``rank`` None runs every stage here (the simulator)."""
     train, test = _split(graph, train_frac, seed)
     n_train = int(train.sum())
-    chunk_of = chunk_assignment(graph.num_nodes, chunks, seed)
-    rows = [torch.nonzero(chunk_of == c).flatten() for c in range(chunks)]
-    adjs = [chunk_adjacency(graph.edge_index, graph.num_nodes, r) for r in rows]
+    def deal(epoch: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        chunk_of = chunk_assignment(graph.num_nodes, chunks, seed + epoch * reshuffle)
+        rows = [torch.nonzero(chunk_of == c).flatten() for c in range(chunks)]
+        return rows, [chunk_adjacency(graph.edge_index, graph.num_nodes, r) for r in rows]
+
     model = _model(graph, hidden, layers, seed)
     stages = _stages(model, n_stages, graph.num_nodes, hidden)
     opts = {p: torch.optim.Adam(_stage_params(model, stages[p]), lr=lr) for p in ranks}
     sent = 0
     losses = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if epoch == 0 or reshuffle:  # a new random deal of the chunks each epoch
+            rows, adjs = deal(epoch)
         for p in ranks:
             opts[p].zero_grad()
         epoch_loss = 0.0
@@ -322,8 +327,12 @@ def _pipeline(graph: Graph, ranks: Sequence[int], n_stages: int, *, layers: int,
 
 
 def simulate_gnnpipe(graph: Graph, *, stages: int, layers: int, hidden: int, chunks: int,
-                     epochs: int, lr: float, seed: int, train_frac: float = 0.5) -> dict:
+                     epochs: int, lr: float, seed: int, train_frac: float = 0.5,
+                     reshuffle: bool = True) -> dict:
     """GNNPipe with ``stages`` simulated ranks in this process.
+
+    With ``reshuffle`` the nodes are dealt into new random chunks every epoch, so that no edge
+    is cut (its gradient lost) in every epoch; without it the chunks stay fixed.
 
     Returns the training loss per epoch (summed over chunks), the bytes all stages sent, the
     parameters of each stage and the test accuracy of the full-graph model after training.
@@ -331,12 +340,12 @@ def simulate_gnnpipe(graph: Graph, *, stages: int, layers: int, hidden: int, chu
     _check_pipe(graph, stages, layers, chunks, epochs)
     return _pipeline(graph, list(range(stages)), stages, layers=layers, hidden=hidden,
                      chunks=chunks, epochs=epochs, lr=lr, seed=seed, train_frac=train_frac,
-                     rank=None)
+                     reshuffle=reshuffle, rank=None)
 
 
 def gnnpipe_training(rank: int, world_size: int, *, graph: Graph, layers: int, hidden: int,
                      chunks: int, epochs: int, lr: float, seed: int,
-                     train_frac: float = 0.5) -> dict:
+                     train_frac: float = 0.5, reshuffle: bool = True) -> dict:
     """Worker for :func:`labkit.dist.launch`: this rank is stage ``rank`` of the pipeline.
 
     Returns the epoch losses (meaningful on the last rank), the bytes this rank sent and its
@@ -347,7 +356,8 @@ def gnnpipe_training(rank: int, world_size: int, *, graph: Graph, layers: int, h
     if not dist.is_initialized():
         raise ValueError("gnnpipe_training runs under labkit.dist.launch")
     return _pipeline(graph, [rank], world_size, layers=layers, hidden=hidden, chunks=chunks,
-                     epochs=epochs, lr=lr, seed=seed, train_frac=train_frac, rank=rank)
+                     epochs=epochs, lr=lr, seed=seed, train_frac=train_frac,
+                    reshuffle=reshuffle, rank=rank)
 
 
 def volume_figure(halos: dict[int, dict[str, int]], *, num_nodes: int, hidden: int,
