@@ -14,6 +14,8 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   Communication (``talking_models``), chapter 16 section 03 "Talking models":
   :mod:`~labkit.infocomm.talking` (encoder and decoder pairs, the student-teacher exchange,
   its training loss, feature distillation and the shifted digits task).
+- Adversarial Cheap Talk (``adversarial_cheap_talk``), chapter 16 section 04:
+  :mod:`~labkit.infocomm.cheap_talk` (batched REINFORCE victims, message tables, antithetic ES).
 - Cross-Layer Protocols for Multimedia Communications over Wireless Networks
   (``cross_layer_protocols``), chapter 16 section 05 "Cross-layer protocols":
   :mod:`~labkit.infocomm.wireless` (the Gilbert-Elliott channel and its closed forms, GOPs
