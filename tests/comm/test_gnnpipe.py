@@ -97,3 +97,12 @@ def test_bad_arguments(graph):
     with pytest.raises(ValueError, match="world_size"):
         G.gnnpipe_training(0, 1, graph=graph, layers=4, hidden=8, chunks=2, epochs=1,
                            lr=0.01, seed=0)
+
+
+def test_reshuffle_deals_new_chunks_after_the_first_epoch(graph):
+    kw = dict(stages=2, layers=4, hidden=8, chunks=2, epochs=3, lr=0.01, seed=0)
+    fixed = G.simulate_gnnpipe(graph, reshuffle=False, **kw)
+    dealt = G.simulate_gnnpipe(graph, **kw)
+    assert dealt["losses"][0] == fixed["losses"][0]
+    assert dealt["losses"][1:] != fixed["losses"][1:]
+    assert not torch.equal(G.chunk_assignment(80, 2, 0), G.chunk_assignment(80, 2, 1))
