@@ -27,6 +27,9 @@ Chapter 12, "Communication-efficient training", builds on these collectives:
   compression with error feedback, the two-hop compressed all-reduce on real and simulated
   ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``, its Triton
   compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``;
+- Streaming DiLoCo (``streaming_diloco``), section 03 "Streaming DiLoCo":
+  :mod:`~labkit.comm.diloco` (DiLoCo's outer Nesterov step, fragments synced in turn with a
+  delayed, mixed merge, 4-bit outer gradients; workers simulated in one process);
 - GNNPipe (``gnnpipe``), section 04 "GNNPipe: pipelined layers over graph chunks":
   :mod:`~labkit.comm.gnnpipe` (partitions and halo volumes, a residual GCN split into
   pipeline stages over graph chunks with historical embeddings, on real and simulated ranks);
