@@ -27,6 +27,9 @@ Chapter 12, "Communication-efficient training", builds on these collectives:
   compression with error feedback, the two-hop compressed all-reduce on real and simulated
   ranks, the optimiser); its training runs and figure are in ``_onebit_runs.py``, its Triton
   compressor (error feedback, scale, signs packed in two passes) in ``_onebit_kernels.py``;
+- CO2 (``co2``), section 02 "CO2": :mod:`~labkit.comm.local_sgd` (local AdamW rounds, the
+  outer step one round late with the staleness gap penalty and outer momentum clipping,
+  real rounds timed on a modelled link);
 - Streaming DiLoCo (``streaming_diloco``), section 03 "Streaming DiLoCo":
   :mod:`~labkit.comm.diloco` (DiLoCo's outer Nesterov step, fragments synced in turn with a
   delayed, mixed merge, 4-bit outer gradients; workers simulated in one process);
