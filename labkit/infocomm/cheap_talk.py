@@ -137,7 +137,7 @@ def _check_msgs(game: Game, msgs: torch.Tensor, n_victims: int) -> None:
 
 
 def train_victims(game: Game, msgs: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
-                  lr: float = 0.5) -> torch.Tensor:
+                  lr: float = 1.0) -> torch.Tensor:
     """Train B victims from scratch by REINFORCE, all at once; return their curves (B, U).
 
     Args:
@@ -186,7 +186,7 @@ def train_victims(game: Game, msgs: torch.Tensor, noise: tuple[torch.Tensor, tor
 
 def train_victims_loop(game: Game, msgs: torch.Tensor,
                        noise: tuple[torch.Tensor, torch.Tensor],
-                       lr: float = 0.5) -> torch.Tensor:
+                       lr: float = 1.0) -> torch.Tensor:
     """Reference for :func:`train_victims`: one victim, one episode, one step at a time."""
     starts, u = noise
     n_upd, n_vic, n_ep = starts.shape
@@ -237,7 +237,7 @@ def train_victims_loop(game: Game, msgs: torch.Tensor,
 
 
 def victim_return(game: Game, phis: torch.Tensor, n_victims: int, n_updates: int,
-                  n_episodes: int, generator: torch.Generator, lr: float = 0.5) -> torch.Tensor:
+                  n_episodes: int, generator: torch.Generator, lr: float = 1.0) -> torch.Tensor:
     """Mean training return of fresh victims for each adversary in ``phis`` (P, S, M) -> (P,).
 
     Every adversary meets the same ``n_victims`` victims (the same random draws), so the
@@ -255,7 +255,7 @@ def victim_return(game: Game, phis: torch.Tensor, n_victims: int, n_updates: int
 
 def learning_curves(game: Game, phi: torch.Tensor | None, n_victims: int, n_updates: int,
                     n_episodes: int, generator: torch.Generator,
-                    lr: float = 0.5) -> torch.Tensor:
+                    lr: float = 1.0) -> torch.Tensor:
     """Curves (B, U) of ``n_victims`` fresh victims facing adversary ``phi`` (S, M).
 
     ``phi=None`` is the silent channel (all-zero messages, one dimension).
@@ -296,10 +296,10 @@ def evolve(objective: Callable[[torch.Tensor], torch.Tensor], phi: torch.Tensor,
     generations = check_int("generations", generations, 1)
     sigma = check_real("sigma", sigma, 0.0, strict=True)
     lr = check_real("lr", lr, 0.0, strict=True)
+    # show: start es
     sign = 1.0 if maximise else -1.0
     history: list[float] = []
     for _ in range(generations):
-        # show: start es
         eps = torch.randn(population // 2, *phi.shape, generator=generator)
         eps = torch.cat([eps, -eps])                         # antithetic pairs
         score = objective(phi + sigma * eps)                 # (P,)
