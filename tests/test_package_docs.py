@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LABKIT = ROOT / "labkit"
 LINK = re.compile(r"^\s*Section:|Taught in chapter")  # the current spelling, and the old one anywhere in a line
 # Packages of the chapters' topics and the lab animals: every public module there has a back-link.
-LINKED_PACKAGES = ("comm", "diffusion", "graphs", "intro", "lm", "moe", "mpc", "quant")
+LINKED_PACKAGES = ("comm", "diffusion", "federated", "graphs", "inference", "infocomm", "intro", "lm", "moe",
+                   "mpc", "quant", "security", "spatial")
 
 
 def _data(name: str) -> list[dict]:
