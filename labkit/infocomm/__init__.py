@@ -14,6 +14,10 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
   Communication (``talking_models``), chapter 16 section 03 "Talking models":
   :mod:`~labkit.infocomm.talking` (encoder and decoder pairs, the student-teacher exchange,
   its training loss, feature distillation and the shifted digits task).
+- Communication Learning in Multi-Agent Systems from Graph Modeling Perspective
+  (``commformer``), chapter 16 section 04 "CommFormer and Adversarial Cheap Talk":
+  :mod:`~labkit.infocomm.commgraph` (the planted dependency task, straight-through top-k
+  edge logits, attention along the kept edges, alternating graph and weight updates).
 - Adversarial Cheap Talk (``adversarial_cheap_talk``), chapter 16 section 04:
   :mod:`~labkit.infocomm.cheap_talk` (batched REINFORCE victims, message tables, antithetic ES).
 - Cross-Layer Protocols for Multimedia Communications over Wireless Networks
