@@ -10,11 +10,12 @@ Section: chapter 00, "How this book runs"; chapter 09, "Where sampling time goes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,8 @@ import torch
 
 from .validation import check_int
 
-__all__ = ["Timing", "clock_reader", "cuda_median_seconds", "device_syncer", "interleaved_times", "paired_speedup",
-           "progress_disabled", "seed_everything", "time_fn"]
+__all__ = ["Timing", "clock_reader", "cuda_median_seconds", "device_syncer", "interleaved_times", "one_thread",
+           "paired_speedup", "progress_disabled", "seed_everything", "time_fn"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -235,3 +236,18 @@ def cuda_median_seconds(fn: Callable[[], object]) -> float:
     est_ms = max(start.elapsed_time(end), 1e-3)
     return triton.testing.do_bench(fn, warmup=max(25.0, 3 * est_ms), rep=max(100.0, 25 * est_ms),
                                    return_mode="median") / 1e3
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one intra-op PyTorch thread, then restore the previous count.
+
+    For tiny tensors (a client's batch, a rank's few-KiB state) a second thread only adds
+    synchronisation, and on a busy machine spin-waiting; one thread is as fast and steadier.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.runtime import (Timing, clock_reader, device_syncer, interleaved_times, paired_speedup, seed_everything,
-                            time_fn)
+from labkit.runtime import (Timing, clock_reader, device_syncer, interleaved_times, one_thread, paired_speedup,
+                            seed_everything, time_fn)
 
 
 def test_seed_makes_runs_repeatable() -> None:
@@ -107,3 +107,16 @@ def test_clock_reader_and_device_syncer() -> None:
         clock_reader("sundial")
     with pytest.raises(ValueError, match="clock='cpu'"):
         clock_reader("cpu", "cuda")
+
+
+def test_one_thread_sets_one_and_restores_even_after_an_error():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

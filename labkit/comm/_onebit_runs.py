@@ -25,7 +25,7 @@ from labkit.comm.onebit import (ErrorFeedback, OneBitAdam, compressed_all_reduce
                                 simulate_compressed_all_reduce)
 from labkit.comm.simulator import bytes_per_rank, simulate
 from labkit.data import stdlib_corpus
-from labkit.lm import GPT, GPTConfig
+from labkit.lm import GPT, GPTConfig, evaluate
 from labkit.validation import check_int, check_real
 
 __all__ = ["compressed_rounds", "loss_figure", "onebit_training", "rank_momenta", "simulate_training"]
@@ -64,13 +64,7 @@ def _loss_grad(net: GPT, corpus: Any, params: torch.Tensor, gen: torch.Generator
 def _val_loss(net: GPT, corpus: Any, params: torch.Tensor, batch_size: int) -> float:
     d = sum(p.numel() for p in net.parameters())
     torch.nn.utils.vector_to_parameters(params[:d], net.parameters())
-    gen = torch.Generator().manual_seed(12345)
-    losses = []
-    for _ in range(_EVAL_BATCHES):
-        x, y = corpus.get_batch("val", batch_size=batch_size, block_size=net.cfg.block_size,
-                                generator=gen)
-        losses.append(float(net(x, y).loss))
-    return sum(losses) / len(losses)
+    return evaluate(net, corpus, batches=_EVAL_BATCHES, batch_size=batch_size, seed=12345)
 
 
 def _check_run(run: dict, steps: int) -> int:

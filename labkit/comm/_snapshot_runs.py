@@ -20,9 +20,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -31,6 +30,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..plotting import PALETTE
+from ..runtime import one_thread
 from .report import slider_figure
 from .snapshot import (SnapshotWriter, encode_snapshot, latest_common_step, load_snapshot,
                        pack_state, rebuild_shards, snapshot_root, unpack_state)
@@ -161,20 +161,10 @@ def snapshot_training(rank: int, world_size: int, *, steps: int, every: int, m: 
     return dict(theta=me.theta, losses=losses, resumed_from=resumed_from, rebuilt=rebuilt)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def simulate_training(world_size: int, *, steps: int, width: int = 32, seed: int = 0,
                       lr: float = 3e-3) -> dict:
     """The same training for ``world_size`` ranks in this process, never interrupted."""
-    with _one_thread():
+    with one_thread():
         ranks = [_Rank(r, world_size, width, seed, lr) for r in range(world_size)]
         losses = []
         for _ in range(steps):
@@ -211,7 +201,7 @@ def overhead_study(widths: Sequence[int], *, repeats: int = 7, world_size: int =
     and ``timer_noise`` the jitter of an empty interval.
     """
     rows = []
-    with _one_thread(), tempfile.TemporaryDirectory(dir=disk_dir) as tmp:
+    with one_thread(), tempfile.TemporaryDirectory(dir=disk_dir) as tmp:
         for width in widths:
             me = _Rank(0, 1, width, 0, 1e-3)
 

@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 import torch
 
 from labkit.data import stdlib_corpus
-from labkit.lm import GPT, GPTConfig
+from labkit.lm import GPT, GPTConfig, evaluate
 from labkit.validation import check_int, check_real, check_tensor
 
 __all__ = ["fragment_schedule", "outer_step", "quantize_outer", "run_training", "sync_bytes",
@@ -131,13 +131,7 @@ def _grad(net: GPT, corpus: Any, params: torch.Tensor, gen: torch.Generator,
 def _val_loss(net: GPT, corpus: Any, params: torch.Tensor, batch_size: int) -> float:
     d = sum(p.numel() for p in net.parameters())
     torch.nn.utils.vector_to_parameters(params[:d], net.parameters())
-    gen = torch.Generator().manual_seed(12345)
-    losses = []
-    for _ in range(_EVAL_BATCHES):
-        x, y = corpus.get_batch("val", batch_size=batch_size, block_size=net.cfg.block_size,
-                                generator=gen)
-        losses.append(float(net(x, y).loss))
-    return sum(losses) / len(losses)
+    return evaluate(net, corpus, batches=_EVAL_BATCHES, batch_size=batch_size, seed=12345)
 
 
 def _adamw(params: torch.Tensor, lr: float) -> tuple[torch.nn.Parameter, torch.optim.AdamW]:

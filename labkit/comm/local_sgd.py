@@ -30,7 +30,7 @@ import torch.distributed as dist
 from labkit.comm.costmodel import AlphaBeta
 from labkit.comm.overlap import CommEngine, link_all_reduce
 from labkit.data import stdlib_corpus
-from labkit.lm import GPT, GPTConfig
+from labkit.lm import GPT, GPTConfig, evaluate
 from labkit.validation import check_int, check_real
 
 __all__ = ["co2_figure", "co2_outer_step", "round_times", "round_timing", "step_seconds",
@@ -98,13 +98,7 @@ def _load(net: GPT, x: torch.Tensor) -> None:
 @torch.no_grad()
 def _val_loss(net: GPT, corpus: Any, x: torch.Tensor, batch_size: int) -> float:
     _load(net, x)
-    gen = torch.Generator().manual_seed(12345)
-    losses = []
-    for _ in range(_EVAL_BATCHES):
-        xb, yb = corpus.get_batch("val", batch_size=batch_size,
-                                  block_size=net.cfg.block_size, generator=gen)
-        losses.append(float(net(xb, yb).loss))
-    return sum(losses) / len(losses)
+    return evaluate(net, corpus, batches=_EVAL_BATCHES, batch_size=batch_size, seed=12345)
 
 
 def _local_step(net: GPT, opt: torch.optim.Optimizer, corpus: Any, gen: torch.Generator,

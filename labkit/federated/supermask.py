@@ -28,7 +28,6 @@ Section: chapter 13, "Federated lottery tickets: HideNseek".
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from labkit.runtime import one_thread
 from labkit.validation import check_int, check_real
 
 __all__ = [
@@ -279,21 +279,6 @@ def _accuracy(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor
         return (functional_call(model, params, (x,)).argmax(1) == y).float().mean().item()
 
 
-@contextmanager
-def _one_thread():
-    """Run tiny per-client batches on one thread, then restore the setting.
-
-    A step here is a few convolutions on 5 x 16 images of 8 x 8 pixels: a second intra-op
-    thread adds synchronisation and, on a busy machine, spin-waiting, not speed.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_clients(loss_fn, start: dict[str, torch.Tensor],
                    clients: list[tuple[torch.Tensor, torch.Tensor]], config: "FederatedConfig",
                    gen: torch.Generator, state: dict | None = None) -> dict[str, torch.Tensor]:
@@ -317,7 +302,7 @@ def _train_clients(loss_fn, start: dict[str, torch.Tensor],
     m1, m2 = state["m1"], state["m2"]
     b1, b2, eps = 0.9, 0.999, 1e-8
     rows = torch.arange(k).unsqueeze(1)  # (K, 1)
-    with _one_thread():
+    with one_thread():  # tiny per-client batches: one thread is faster
         for _ in range(config.local_steps):
             state["step"] += 1
             step = state["step"]
