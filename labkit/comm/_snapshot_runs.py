@@ -107,6 +107,14 @@ class _Rank:
         self.exp_avg, self.exp_avg_sq = own["exp_avg"], own["exp_avg_sq"]
 
 
+# How many complete snapshots each rank keeps. One snapshot is in flight per rank, and the
+# all-gather of every step keeps the ranks within one snapshot of each other: when a job dies,
+# one rank may have finished snapshot k + 1 (and, keeping two, dropped k - 1) while a slower
+# one is still writing k, its newest complete one being k - 1. Keeping three leaves k - 1 on
+# every rank, so the survivors always share a complete snapshot.
+KEEP = 3
+
+
 def _average(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     total = grads[0].clone()
     for g in grads[1:]:  # rank order, as in the simulator
@@ -144,7 +152,10 @@ def snapshot_training(rank: int, world_size: int, *, steps: int, every: int, m: 
         rebuilt = {r: hashlib.sha256(shards[r]).hexdigest()
                    for r, st in enumerate(stores) if st is None}
         me.restore([unpack_state(s) for s in shards])
-    writer = SnapshotWriter(dirs[rank])
+        # every rank has read the snapshots before any writer creates its (empty) folder:
+        # a rebuilt rank's new folder must not hide the common snapshot from a slower rank
+        dist.barrier()
+    writer = SnapshotWriter(dirs[rank], keep=KEEP)
     losses = []
     while me.step < steps:
         if crash is not None and rank == crash[0] and me.step == crash[1]:

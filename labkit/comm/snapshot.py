@@ -183,7 +183,9 @@ class SnapshotWriter:
         ``store`` may be a function returning that dict: the thread then calls it, so the
         parity is computed in the background too. A previous snapshot still being written is
         waited for first: at most one is in flight, so when a job dies every rank has
-        finished the snapshot before the last one it started (and ``keep >= 2`` holds it).
+        finished the snapshot before the last one it started. Ranks kept in step by a
+        collective can still be one snapshot apart, so a job keeps ``keep >= 3`` to be sure
+        that every rank holds a common one.
         """
         if self._error is not None:
             raise RuntimeError("SnapshotWriter: an earlier write failed") from self._error

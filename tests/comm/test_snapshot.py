@@ -88,6 +88,22 @@ def test_writer_keeps_the_last_two(tmp_path: Path) -> None:
         SnapshotWriter(tmp_path / "r2").submit(1, [b"x"])
 
 
+def test_ranks_one_snapshot_apart_still_share_one(tmp_path: Path) -> None:
+    """The case of a job that dies while a slow rank writes snapshot 16 and a fast one has
+    finished 24: with the job's ``KEEP`` the fast rank still holds 8, the slow rank's newest."""
+    from labkit.comm._snapshot_runs import KEEP
+
+    fast = SnapshotWriter(tmp_path / "fast", keep=KEEP)
+    for step in (8, 16, 24):
+        fast.submit(step, {"shard": bytes([step])})
+    fast.close()
+    slow = SnapshotWriter(tmp_path / "slow", keep=KEEP)
+    slow.submit(8, {"shard": b"\x08"})
+    slow.close()
+    (tmp_path / "slow" / "step-16.tmp").mkdir()  # cut short by the failure
+    assert latest_common_step([tmp_path / "fast", tmp_path / "slow"]) == 8
+
+
 def test_writer_reports_a_failed_write(tmp_path: Path) -> None:
     writer = SnapshotWriter(tmp_path)
     writer.submit(1, lambda: 1 / 0)
