@@ -46,7 +46,11 @@ from torch.nn import functional as F
 from labkit.diffusion.norm import group_norm_silu
 from labkit.validation import check_int
 
-__all__ = ["Features", "ResBlock", "TinyUNet", "UNetConfig", "timestep_embedding"]
+__all__ = ["OPT_IN_DEFAULTS", "Features", "ResBlock", "TinyUNet", "UNetConfig", "timestep_embedding"]
+
+#: Fields added to :class:`UNetConfig` after weights were first cached, with the default that
+#: reproduces the original architecture; :meth:`UNetConfig.as_dict` omits them at that default.
+OPT_IN_DEFAULTS: dict[str, object] = {}
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,16 @@ class UNetConfig:
         return tuple(self.base_channels * m for m in self.channel_mults)
 
     def as_dict(self) -> dict:
-        """Plain dict of the fields (for cache keys and printing)."""
-        return asdict(self)
+        """Plain dict of the fields (for cache keys and printing).
+
+        Opt-in fields (those in :data:`OPT_IN_DEFAULTS`) are left out while they hold their
+        default, so configurations that do not use them keep the keys of their cached weights.
+        """
+        fields = asdict(self)
+        for name, default in OPT_IN_DEFAULTS.items():
+            if name in fields and fields[name] == default:
+                del fields[name]
+        return fields
 
 
 class Features(NamedTuple):

@@ -133,3 +133,13 @@ def test_bad_inputs_raise():
         model(x[:, :, :6, :6], t, y)
     with pytest.raises(ValueError, match="t must be"):
         model(x, t[:2], y)
+
+
+def test_opt_in_fields_are_left_out_of_the_cache_key_at_their_defaults():
+    from labkit.diffusion.unet import OPT_IN_DEFAULTS
+
+    original = ["image_size", "in_channels", "base_channels", "channel_mults", "n_res",
+                "time_dim", "n_classes", "groups"]
+    assert sorted(UNetConfig().as_dict()) == sorted(original)
+    for name, default in OPT_IN_DEFAULTS.items():
+        assert getattr(UNetConfig(), name) == default, name
