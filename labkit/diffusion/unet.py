@@ -50,7 +50,9 @@ __all__ = ["OPT_IN_DEFAULTS", "Features", "ResBlock", "TinyUNet", "UNetConfig", 
 
 #: Fields added to :class:`UNetConfig` after weights were first cached, with the default that
 #: reproduces the original architecture; :meth:`UNetConfig.as_dict` omits them at that default.
-OPT_IN_DEFAULTS: dict[str, object] = {}
+OPT_IN_DEFAULTS: dict[str, object] = {
+    "cond_channels": 0,  # condition channels at conv_in (super-resolution, chapter 08)
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class UNetConfig:
         time_dim: E, width of the step (and class) embedding.
         n_classes: number of classes for class conditioning, or None for an unconditional model.
         groups: GroupNorm groups; every width must be divisible by it.
+        cond_channels: opt-in; extra input channels (a condition image, e.g. the upsampled
+            low-resolution image) concatenated after the ``in_channels`` of ``x`` at ``conv_in``;
+            the output keeps ``in_channels``. Default 0 (no condition).
     """
 
     image_size: int = 8
@@ -77,10 +82,12 @@ class UNetConfig:
     time_dim: int = 64
     n_classes: int | None = 10
     groups: int = 8
+    cond_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "base_channels", "n_res", "time_dim", "groups"):
             check_int(name, getattr(self, name), 1)
+        check_int("cond_channels", self.cond_channels, 0)
         if self.n_classes is not None:
             check_int("n_classes", self.n_classes, 1)
         mults = tuple(self.channel_mults)
@@ -239,7 +246,7 @@ class TinyUNet(nn.Module):
         C, E, G, widths = cfg.base_channels, cfg.time_dim, cfg.groups, cfg.widths
         self.time_mlp = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
         self.class_emb = nn.Embedding(cfg.n_classes, E) if cfg.n_classes is not None else None
-        self.conv_in = nn.Conv2d(cfg.in_channels, C, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels + cfg.cond_channels, C, 3, padding=1)
 
         skip_chs = [C]  # widths of the long skips, in the order the encoder makes them
         self.down = nn.ModuleList()
@@ -348,8 +355,9 @@ class TinyUNet(nn.Module):
             :class:`Features` ``(h, skips, emb)``.
         """
         cfg = self.cfg
-        if x.dim() != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"x must be (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}), "
+        c_in = cfg.in_channels + cfg.cond_channels  # the condition image rides along as channels
+        if x.dim() != 4 or x.shape[1:] != (c_in, cfg.image_size, cfg.image_size):
+            raise ValueError(f"x must be (B, {c_in}, {cfg.image_size}, {cfg.image_size}), "
                              f"got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
