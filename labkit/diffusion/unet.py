@@ -44,6 +44,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from labkit.diffusion.norm import group_norm_silu
+from labkit.diffusion.skipscale import check_skip_scale, skip_scales
+from labkit.diffusion.routing import TaskRouting, channel_mask
 from labkit.validation import check_int
 
 __all__ = ["OPT_IN_DEFAULTS", "Features", "ResBlock", "TinyUNet", "UNetConfig", "timestep_embedding"]
@@ -51,7 +53,9 @@ __all__ = ["OPT_IN_DEFAULTS", "Features", "ResBlock", "TinyUNet", "UNetConfig", 
 #: Fields added to :class:`UNetConfig` after weights were first cached, with the default that
 #: reproduces the original architecture; :meth:`UNetConfig.as_dict` omits them at that default.
 OPT_IN_DEFAULTS: dict[str, object] = {
+    "task_routing": None,  # DTR channel masks per step (chapter 08)
     "cond_channels": 0,  # condition channels at conv_in (super-resolution, chapter 08)
+    "skip_scale": None,  # long-skip scaling (ScaleLong, chapter 08)
 }
 
 
@@ -72,6 +76,13 @@ class UNetConfig:
         cond_channels: opt-in; extra input channels (a condition image, e.g. the upsampled
             low-resolution image) concatenated after the ``in_channels`` of ``x`` at ``conv_in``;
             the output keeps ``in_channels``. Default 0 (no condition).
+        skip_scale: opt-in; ScaleLong's scaling of the long skips before the decoder
+            concatenates them (:mod:`labkit.diffusion.skipscale`): a ``kappa > 0`` multiplies
+            the ``i``-th skip (``i = 0`` the outermost) by ``kappa ** i``, ``"sqrt2"`` every skip
+            by ``1/sqrt(2)``. Default None (unscaled).
+        task_routing: opt-in; Denoising Task Routing (:mod:`labkit.diffusion.routing`): every
+            residual block gates its branch's input with the step's sliding channel window.
+            Computed from ``t``, no parameters. Default None (every channel at every step).
     """
 
     image_size: int = 8
@@ -82,12 +93,15 @@ class UNetConfig:
     time_dim: int = 64
     n_classes: int | None = 10
     groups: int = 8
+    task_routing: TaskRouting | None = None
     cond_channels: int = 0
+    skip_scale: float | str | None = None
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "base_channels", "n_res", "time_dim", "groups"):
             check_int(name, getattr(self, name), 1)
         check_int("cond_channels", self.cond_channels, 0)
+        object.__setattr__(self, "skip_scale", check_skip_scale(self.skip_scale))
         if self.n_classes is not None:
             check_int("n_classes", self.n_classes, 1)
         mults = tuple(self.channel_mults)
@@ -105,6 +119,8 @@ class UNetConfig:
                 raise ValueError(f"groups={self.groups} must divide every level width {self.widths}")
         if self.base_channels % 2:
             raise ValueError(f"base_channels must be even (it is the sinusoid width), got {self.base_channels}")
+        if self.task_routing is not None and not isinstance(self.task_routing, TaskRouting):
+            raise TypeError(f"task_routing must be a TaskRouting or None, got {type(self.task_routing).__name__}")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -132,11 +148,13 @@ class Features(NamedTuple):
         skips: the down path's activations in the order they were made (the decoder pops them
             from the end), one per long skip.
         emb: the step (and class) embedding, (B, E).
+        t: the steps, (B,), for models with task routing (the decoder's masks); None otherwise.
     """
 
     h: torch.Tensor
     skips: list[torch.Tensor]
     emb: torch.Tensor
+    t: torch.Tensor | None = None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0) -> torch.Tensor:
@@ -191,6 +209,7 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.shortcut: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self._skip = False
+        self.routing: TaskRouting | None = None  # set by TinyUNet from UNetConfig.task_routing
 
     @property
     def can_skip(self) -> bool:
@@ -210,11 +229,16 @@ class ResBlock(nn.Module):
             raise ValueError(f"cannot skip a block that changes width ({self.in_ch} -> {self.out_ch} channels)")
         self._skip = value
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """(B, in_ch, H, W), (B, E) -> (B, out_ch, H, W)."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in_ch, H, W), (B, E) -> (B, out_ch, H, W); ``t`` (B,) steps, needed with ``routing``."""
         if self._skip:
             return x
-        h = self.conv1(_norm_silu(self.norm1, x))
+        inner = x
+        if self.routing is not None:  # DTR: the branch sees only the step's channel window
+            if t is None:
+                raise ValueError("this block routes channels by step (task_routing); pass t")
+            inner = x * channel_mask(t, self.in_ch, self.routing)[:, :, None, None]
+        h = self.conv1(_norm_silu(self.norm1, inner))
         # (B, out_ch, 1, 1), broadcast over H, W
         h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(_norm_silu(self.norm2, h))
@@ -264,6 +288,8 @@ class TinyUNet(nn.Module):
                 skip_chs.append(ch)
 
         self.mid = nn.ModuleList([ResBlock(ch, ch, E, G), ResBlock(ch, ch, E, G)])
+        #: coefficient of each long skip, in the encoder's order (all 1 unless cfg.skip_scale)
+        self.skip_scales = skip_scales(len(skip_chs), cfg.skip_scale)
 
         self.up = nn.ModuleList()  # up[level], run from the last level back to the first
         self.upsample = nn.ModuleList()
@@ -279,6 +305,8 @@ class TinyUNet(nn.Module):
             self.upsample.append(nn.Conv2d(widths[level + 1], widths[level + 1], 3, padding=1))
         self.norm_out = nn.GroupNorm(G, ch)
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        for _, block in self.res_blocks():
+            block.routing = cfg.task_routing
         self.reset_parameters(torch.initial_seed() if init_seed is None else init_seed)
 
     def reset_parameters(self, seed: int) -> None:
@@ -366,12 +394,12 @@ class TinyUNet(nn.Module):
         skips = [h]
         for level, blocks in enumerate(self.down):
             for block in blocks:
-                h = block(h, emb)
+                h = block(h, emb, t)
                 skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)  # (B, c, H/2, W/2)
                 skips.append(h)
-        return Features(h=h, skips=skips, emb=emb)
+        return Features(h=h, skips=skips, emb=emb, t=t)
 
     def decode(self, feats: Features, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Middle block, up path with the long skips, and the output head: the predicted noise.
@@ -388,10 +416,13 @@ class TinyUNet(nn.Module):
         skips = list(feats.skips)  # popped below; the caller's list stays whole for reuse
         h = feats.h
         for block in self.mid:
-            h = block(h, emb)
+            h = block(h, emb, feats.t)
         for level in reversed(range(len(self.up))):
             for block in self.up[level]:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)  # long skip: (B, c + c_skip, h, w)
+                skip = skips.pop()
+                if self.cfg.skip_scale is not None:  # ScaleLong: the i-th skip times its coefficient
+                    skip = skip * self.skip_scales[len(skips)]
+                h = block(torch.cat([h, skip], dim=1), emb, feats.t)  # long skip: (B, c + c_skip, h, w)
             if level > 0:
                 h = self.upsample[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # (B, c, 2h, 2w)
         if skips:
