@@ -48,8 +48,8 @@ from .costmodel import AlphaBeta, collective_time
 
 __all__ = [
     "CommEngine", "chunk_rows", "link_all_reduce", "make_shards", "overlap_efficiency",
-    "overlap_study", "overlapped_matmul_all_reduce", "overlapped_step", "serial_matmul_all_reduce",
-    "serial_step",
+    "overlap_study", "overlapped_matmul_all_reduce", "overlapped_step", "paired_speedups",
+    "serial_matmul_all_reduce", "serial_step",
 ]
 
 Event = dict[str, Any]  # {"chunk": i, "kind": "compute" | "comm", "start": s, "end": s}
@@ -220,6 +220,21 @@ def overlap_efficiency(*, serial: float, overlapped: float, compute: float, comm
     return (serial - overlapped) / min(compute, comm)
 
 
+def paired_speedups(rows: list[list[float]], counts: tuple[int, ...]) -> dict[int, float]:
+    """Median over repeats of ``serial / overlapped`` measured in the *same* repeat, per chunk count.
+
+    A slow spell of a shared machine slows a repeat's serial and overlapped steps alike, so the
+    ratio within a repeat is steadier than the ratio of the two medians.
+
+    Args:
+        rows: one row per repeat, ``[compute, comm, serial, overlapped(C) for C in counts]``.
+        counts: the chunk counts of the overlapped columns.
+    """
+    if any(len(row) != 3 + len(counts) for row in rows) or not rows:
+        raise ValueError(f"rows must be non-empty, each [compute, comm, serial] + {len(counts)} overlapped times")
+    return {c: statistics.median(row[2] / row[3 + j] for row in rows) for j, c in enumerate(counts)}
+
+
 # ---------------------------------------------------------------- workers for labkit.dist.launch
 
 
@@ -265,7 +280,8 @@ def overlap_study(rank: int, world_size: int, *, m: int, k: int, n: int, repeats
 
     Returns:
         ``{"sizes": {...}, "modes": {name: {"compute", "comm", "serial": s, "overlapped":
-        {C: s}, "events": {C: events of rank 0's median run}, "serial_events": events,
+        {C: s}, "paired_speedup": {C: median over repeats of serial / overlapped of the same
+        repeat}, "events": {C: events of rank 0's median run}, "serial_events": events,
         "exact": bool}}, "output": [M, N] tensor}``.
     """
     _check_world(world_size)
@@ -322,8 +338,10 @@ def overlap_study(rank: int, world_size: int, *, m: int, k: int, n: int, repeats
                 rows.append(slowest.tolist())
                 runs.append(run)
         medians = [statistics.median(col) for col in zip(*rows)]
+        paired = paired_speedups(rows, counts)
         mode: dict[str, Any] = {"compute": medians[0], "comm": medians[1], "serial": medians[2],
-                                "overlapped": dict(zip(counts, medians[3:])), "exact": exact, "events": {}}
+                                "overlapped": dict(zip(counts, medians[3:])), "paired_speedup": paired,
+                                "exact": exact, "events": {}}
         for j, c in enumerate((0, *counts)):
             column = [row[2 + j] for row in rows]
             median_run = min(range(len(rows)), key=lambda i: abs(column[i] - statistics.median(column)))

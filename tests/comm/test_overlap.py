@@ -20,6 +20,7 @@ from labkit.comm.overlap import (
     make_shards,
     overlap_efficiency,
     overlap_study,
+    paired_speedups,
     overlapped_matmul_all_reduce,
     overlapped_step,
     serial_matmul_all_reduce,
@@ -133,6 +134,7 @@ def test_study_in_two_processes_is_exact_and_well_formed() -> None:
         assert mode["exact"] is True
         assert all(mode[key] > 0 for key in ("compute", "comm", "serial"))
         assert list(mode["overlapped"]) == list(counts) and all(t > 0 for t in mode["overlapped"].values())
+        assert list(mode["paired_speedup"]) == list(counts) and all(r > 0 for r in mode["paired_speedup"].values())
         assert {e["kind"] for e in mode["serial_events"]} == {"compute", "comm"}
         for c in counts:
             events = mode["events"][c]
@@ -172,3 +174,14 @@ def test_failing_rank_surfaces_cleanly() -> None:
     assert info.value.rank == 1
     assert "failed on purpose" in info.value.child_traceback
     assert time.monotonic() - start < timeout / 2  # reported at once, not after the timeout
+
+
+def test_paired_speedup_is_the_median_of_per_repeat_ratios() -> None:
+    """A repeat where the whole machine is slow changes both times alike and so not the ratio."""
+    # per repeat: compute, comm, serial, overlapped C=2, overlapped C=4; the last is 10x slower
+    rows = [[1.0, 1.0, 2.0, 1.25, 1.6], [1.0, 1.0, 2.2, 1.1, 2.0], [10.0, 10.0, 20.0, 12.5, 16.0]]
+    paired = paired_speedups(rows, (2, 4))
+    assert paired == {2: pytest.approx(1.6), 4: pytest.approx(1.25)}
+    # the ratio of medians would mix repeats: median serial 2.2 / median overlapped 1.25 = 1.76
+    with pytest.raises(ValueError, match="rows"):
+        paired_speedups([[1.0, 1.0, 2.0]], (2,))
