@@ -25,6 +25,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
@@ -151,7 +152,8 @@ def _simple_loss(model: TinyUNet, schedule: NoiseSchedule, x0: torch.Tensor,
 
 def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | None,
                train_cfg: DiffusionTrainConfig, *, schedule: NoiseSchedule = NoiseSchedule(), seed: int = 0,
-               device: torch.device | str = "cpu", progress: bool = True) -> DDPMResult:
+               device: torch.device | str = "cpu", progress: bool = True,
+               on_step: Callable[[int, TinyUNet, float], None] | None = None) -> DDPMResult:
     """Train a fresh :class:`TinyUNet` of ``cfg`` to predict noise (DDPM eq. 14); deterministic on CPU.
 
     Args:
@@ -163,6 +165,10 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
         seed: seeds the initialisation, the batches, the steps and the noise.
         device: where to train.
         progress: show a tqdm bar.
+        on_step: opt-in observer, called after every optimizer step as
+            ``on_step(step, model, grad_norm)`` with the step index (from 0), the model being
+            trained and the gradient norm *before* clipping (gradients are clipped to norm 1).
+            Default None: nothing is called and training is unchanged.
 
     Returns:
         :class:`DDPMResult` with the model in eval mode (the EMA weights when ``train_cfg.ema``).
@@ -174,6 +180,8 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
         raise TypeError(f"train_cfg must be a DiffusionTrainConfig, got {type(train_cfg).__name__}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be callable or None, got {type(on_step).__name__}")
     _check_data(cfg, images, labels)
     gen = seed_everything(seed)
     model = TinyUNet(cfg, init_seed=seed).to(device)
@@ -203,13 +211,15 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
         loss = _simple_loss(model, schedule, data[idx], ys[idx] if ys is not None else None, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # norm before clipping
         opt.step()
         if ema is not None:
             with torch.no_grad():
                 for p_avg, p in zip(ema.parameters(), model.parameters()):
                     p_avg.lerp_(p, 1.0 - train_cfg.ema)
         clock += time.perf_counter() - start
+        if on_step is not None:  # outside the clock: observing is not training
+            on_step(step, model, float(grad_norm))
         running, count = running + loss.item(), count + 1
         if (step + 1) % train_cfg.eval_every == 0 or step + 1 == train_cfg.steps:
             judged = ema if ema is not None else model
