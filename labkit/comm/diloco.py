@@ -28,6 +28,7 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
+from labkit.comm._onebit_runs import _loss_grad
 from labkit.data import stdlib_corpus
 from labkit.lm import GPT, GPTConfig, evaluate
 from labkit.validation import check_int, check_real, check_tensor
@@ -115,16 +116,8 @@ def _setup(model: dict, seed: int) -> tuple[GPT, Any, torch.Tensor]:
 
 def _grad(net: GPT, corpus: Any, params: torch.Tensor, gen: torch.Generator,
           batch_size: int) -> tuple[float, torch.Tensor]:
-    d = sum(p.numel() for p in net.parameters())
-    torch.nn.utils.vector_to_parameters(params[:d], net.parameters())
-    x, y = corpus.get_batch("train", batch_size=batch_size, block_size=net.cfg.block_size,
-                            generator=gen)
-    net.zero_grad(set_to_none=True)
-    loss = net(x, y).loss
-    loss.backward()
-    grad = torch.zeros_like(params)
-    grad[:d] = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
-    return float(loss.detach()), grad
+    """Loss and flat gradient of one training batch at ``params`` (the 1-bit Adam runs' helper)."""
+    return _loss_grad(net, corpus, params, gen, batch_size, d_pad=params.numel())
 
 
 @torch.no_grad()
