@@ -55,30 +55,33 @@ def test_dependency_key_follows_core_and_imported_subpackages(lab, tmp_path: Pat
     assert after_other != after_core, "a core module"
 
 
-# -- chromium: installed by `book` and `test` when missing --------------------------------------
+# -- Debian packages (chromium, iverilog, MPICH): installed by `book` and `test` when missing ---------
 
 
 @pytest.fixture
 def tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """tools/lab.py with chromium missing, a PATH holding only fake programs and a recording runner.
+    """tools/lab.py with its Debian packages missing, a PATH of fake programs and a recording runner.
 
-    ``tool.commands`` lists the commands the runner was given; a fake ``apt-get install`` creates
-    the (fake) chromium binary, as the real one would.
+    Two packages stand in for the table: ``chromium`` and ``iverilog``, whose files live under
+    ``tmp_path``. ``tool.commands`` lists the commands the runner was given; a fake ``apt-get
+    install`` creates the files of the packages it names, as the real one would.
     """
-    spec = importlib.util.spec_from_file_location("lab_tool_chromium", _book.ROOT / "tools" / "lab.py")
+    spec = importlib.util.spec_from_file_location("lab_tool_debian", _book.ROOT / "tools" / "lab.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
-    monkeypatch.setattr(module, "CHROMIUM", tmp_path / "usr-bin" / "chromium")
+    monkeypatch.setattr(module, "DEBIAN", {"chromium": tmp_path / "usr-bin" / "chromium",
+                                           "iverilog": tmp_path / "usr-bin" / "iverilog"})
     module.commands = []
 
     def fake_run(cmd, **kw) -> None:
         module.commands.append([str(c) for c in cmd])
         if "install" in cmd:
-            module.CHROMIUM.parent.mkdir(exist_ok=True)
-            module.CHROMIUM.write_text("#!/bin/sh\n")
+            for package in cmd[cmd.index("-y") + 1:]:
+                module.DEBIAN[package].parent.mkdir(exist_ok=True)
+                module.DEBIAN[package].write_text("#!/bin/sh\n")
 
     monkeypatch.setattr(module, "run", fake_run)
     module.fake_bin = bin_dir
@@ -93,57 +96,78 @@ def _program(folder: Path, name: str, body: str) -> Path:
     return path
 
 
-APT = [["apt-get", "update"], ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "chromium"]]
+APT = [["apt-get", "update"],
+       ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "chromium", "iverilog"]]
+BY_HAND = "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iverilog"
 
 
-def test_chromium_present_runs_nothing(tool, monkeypatch: pytest.MonkeyPatch) -> None:
-    tool.CHROMIUM.parent.mkdir()
-    tool.CHROMIUM.write_text("#!/bin/sh\n")
+def test_the_table_names_the_packages_the_book_needs() -> None:
+    spec = importlib.util.spec_from_file_location("lab_tool_table", _book.ROOT / "tools" / "lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.DEBIAN) == {"chromium", "iverilog", "mpich", "libmpich-dev"}
+    assert module.DEBIAN["chromium"] == module.CHROMIUM
+    assert module.DEBIAN["libmpich-dev"].name == "mpicc"
+
+
+def test_packages_present_run_nothing(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in tool.DEBIAN.values():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("#!/bin/sh\n")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)  # no sudo, no apt-get: nothing may be needed
-    tool.ensure_chromium()
+    tool.ensure_debian()
     assert tool.commands == []
 
 
-def test_chromium_installs_with_apt_as_root(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_missing_packages_are_installed(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+    _program(tool.fake_bin, "apt-get", "exit 0")
+    tool.DEBIAN["chromium"].parent.mkdir()
+    tool.DEBIAN["chromium"].write_text("#!/bin/sh\n")
+    monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
+    tool.ensure_debian()
+    assert tool.commands == [APT[0], [*APT[1][:-2], "iverilog"]]
+
+
+def test_packages_install_with_apt_as_root(tool, monkeypatch: pytest.MonkeyPatch) -> None:
     _program(tool.fake_bin, "apt-get", "exit 0")
     _program(tool.fake_bin, "sudo", "exit 1")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
-    tool.ensure_chromium()
+    tool.ensure_debian()
     assert tool.commands == APT
-    assert tool.CHROMIUM.exists()
+    assert all(path.exists() for path in tool.DEBIAN.values())
     assert not (tool.fake_bin / "sudo.calls").exists(), "root needs no sudo"
 
 
-def test_chromium_installs_through_passwordless_sudo(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packages_install_through_passwordless_sudo(tool, monkeypatch: pytest.MonkeyPatch) -> None:
     _program(tool.fake_bin, "apt-get", "exit 0")
     _program(tool.fake_bin, "sudo", "exit 0")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)
-    tool.ensure_chromium()
+    tool.ensure_debian()
     assert tool.commands == [["sudo", "-n", *cmd] for cmd in APT]
     assert (tool.fake_bin / "sudo.calls").read_text().split("\n")[0] == "-n true"
 
 
 @pytest.mark.parametrize("sudo", ["asks for a password", "missing"])
-def test_chromium_without_root_stops_with_the_command_to_run(tool, monkeypatch: pytest.MonkeyPatch, sudo) -> None:
+def test_without_root_stops_with_the_command_to_run(tool, monkeypatch: pytest.MonkeyPatch, sudo) -> None:
     _program(tool.fake_bin, "apt-get", "exit 0")
     if sudo != "missing":
         _program(tool.fake_bin, "sudo", "echo 'sudo: a password is required' >&2; exit 1")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)
     with pytest.raises(SystemExit) as stop:
-        tool.ensure_chromium()
+        tool.ensure_debian()
     message = str(stop.value.code)
-    assert "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium" in message
+    assert "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium iverilog" in message
     assert tool.commands == []
 
 
-def test_chromium_without_apt_get_stops(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_apt_get_stops(tool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
     with pytest.raises(SystemExit, match="no apt-get"):
-        tool.ensure_chromium()
+        tool.ensure_debian()
     assert tool.commands == []
 
 
-def test_chromium_apt_failure_stops_with_the_command_to_run(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apt_failure_stops_with_the_command_to_run(tool, monkeypatch: pytest.MonkeyPatch) -> None:
     _program(tool.fake_bin, "apt-get", "exit 0")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
 
@@ -153,28 +177,28 @@ def test_chromium_apt_failure_stops_with_the_command_to_run(tool, monkeypatch: p
 
     monkeypatch.setattr(tool, "run", failing)
     with pytest.raises(SystemExit) as stop:
-        tool.ensure_chromium()
+        tool.ensure_debian()
     assert "failed at `apt-get update`" in str(stop.value.code)
-    assert "\n    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium\n" in str(stop.value.code)
+    assert f"\n    {BY_HAND}\n" in str(stop.value.code)
     assert tool.commands == [APT[0]], "stops at the first failure"
 
 
-def test_chromium_still_missing_after_apt_stops(tool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_package_still_missing_after_apt_stops(tool, monkeypatch: pytest.MonkeyPatch) -> None:
     _program(tool.fake_bin, "apt-get", "exit 0")
     monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
     monkeypatch.setattr(tool, "run", lambda cmd, **kw: tool.commands.append(cmd))  # installs nothing
     with pytest.raises(SystemExit, match="still missing"):
-        tool.ensure_chromium()
+        tool.ensure_debian()
     assert tool.commands == APT
 
 
 @pytest.mark.parametrize("command", ["book", "test"])
-def test_book_and_test_install_chromium_first(tool, monkeypatch: pytest.MonkeyPatch, command) -> None:
+def test_book_and_test_install_debian_packages_first(tool, monkeypatch: pytest.MonkeyPatch, command) -> None:
     def stop() -> None:
-        raise SystemExit("chromium step")
+        raise SystemExit("debian step")
 
-    monkeypatch.setattr(tool, "ensure_chromium", stop)
-    with pytest.raises(SystemExit, match="chromium step"):
+    monkeypatch.setattr(tool, "ensure_debian", stop)
+    with pytest.raises(SystemExit, match="debian step"):
         tool.COMMANDS[command]([])
 
 

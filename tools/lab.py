@@ -8,8 +8,9 @@
 
 `book`, `test` and `lab` first make sure `.venv/` exists with the pinned `requirements.txt`
 installed (re-installing when that file or `pyproject.toml` changes) and labkit installed in
-editable mode. `book` and `test` then install Debian's chromium (the browser tests' browser) when
-it is missing, as root or through passwordless sudo, and otherwise stop with the command to run;
+editable mode. `book` and `test` then install the Debian packages in DEBIAN (chromium for the
+browser tests, iverilog and MPICH for chapter 18) when they are missing, as root or through
+passwordless sudo, and otherwise stop with the command to run;
 `test` also prepares the offline copies of the web assets the browser test needs. `lab` serves
 JupyterLab on the book's kernel (.venv's python) with the book's environment, less what only
 suits a page built after the fact (see lab_env).
@@ -116,50 +117,72 @@ def ensure_oldest_triton() -> None:
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium: the browser the browser tests drive
 
+#: Debian package -> a file it installs. chromium drives the browser tests; iverilog (``iverilog``,
+#: ``vvp``) simulates chapter 18's Verilog; MPICH (``mpiexec``) and its headers and compiler
+#: wrapper (``mpicc``) build and run chapter 18's MPI programs (MPICH, not Open MPI, which refuses
+#: to run as root without an extra flag).
+DEBIAN: dict[str, Path] = {
+    "chromium": CHROMIUM,
+    "iverilog": Path("/usr/bin/iverilog"),
+    "mpich": Path("/usr/bin/mpiexec"),
+    "libmpich-dev": Path("/usr/bin/mpicc"),
+}
 
-def chromium_by_hand() -> str:
-    """The shell command that installs Debian's chromium, for a person to run."""
+
+def missing_debian() -> list[str]:
+    """The packages of :data:`DEBIAN` whose file is missing, in table order."""
+    return [package for package, path in DEBIAN.items() if not path.exists()]
+
+
+def debian_by_hand(packages: list[str]) -> str:
+    """The shell command that installs ``packages``, for a person to run."""
     sudo = "" if os.geteuid() == 0 else "sudo "
-    return f"{sudo}apt-get update && {sudo}DEBIAN_FRONTEND=noninteractive apt-get install -y chromium"
+    return (f"{sudo}apt-get update && {sudo}DEBIAN_FRONTEND=noninteractive apt-get install -y "
+            + " ".join(packages))
 
 
-def chromium_install_commands() -> list[list[str]]:
-    """The apt-get commands that install Debian's chromium here: as root, else through sudo -n.
+def debian_install_commands(packages: list[str]) -> list[list[str]]:
+    """The apt-get commands that install ``packages`` here: as root, else through sudo -n.
 
     Exits with the command to run by hand when there is no apt-get, or when this user is not root
     and sudo is missing or asks for a password.
     """
+    names = ", ".join(packages)
     if shutil.which("apt-get") is None:
-        sys.exit(f"[lab] {CHROMIUM} is missing and this machine has no apt-get: install Debian's "
-                 "chromium package, then run this command again")
+        sys.exit(f"[lab] Debian packages missing ({names}) and this machine has no apt-get: install "
+                 "them, then run this command again")
     if os.geteuid() == 0:
         prefix: list[str] = []
     elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], stdin=subprocess.DEVNULL,
                                                  capture_output=True, timeout=60).returncode == 0:
         prefix = ["sudo", "-n"]
     else:
-        sys.exit(f"[lab] {CHROMIUM} is missing and installing it needs root (this user is not root "
-                 f"and has no passwordless sudo). Run\n    {chromium_by_hand()}\nthen run this command again.")
+        sys.exit(f"[lab] Debian packages missing ({names}) and installing them needs root (this user "
+                 "is not root and has no passwordless sudo). Run\n    "
+                 f"{debian_by_hand(packages)}\nthen run this command again.")
     return [[*prefix, "apt-get", "update"],
-            [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "chromium"]]
+            [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", *packages]]
 
 
-def ensure_chromium() -> None:
-    """Install Debian's chromium when it is missing (the browser tests never download a browser)."""
-    if CHROMIUM.exists():
+def ensure_debian() -> None:
+    """Install the Debian packages of :data:`DEBIAN` that are missing (nothing is downloaded later)."""
+    packages = missing_debian()
+    if not packages:
         return
-    commands = chromium_install_commands()
-    log(f"{CHROMIUM} is missing: installing Debian's chromium package")
+    commands = debian_install_commands(packages)
+    log(f"missing: {', '.join(str(DEBIAN[p]) for p in packages)}: installing Debian's "
+        f"{', '.join(packages)}")
     for cmd in commands:
         try:
             run(cmd)
         except (OSError, subprocess.CalledProcessError) as exc:
-            sys.exit(f"[lab] installing chromium failed at `{' '.join(cmd)}` ({exc}). Run\n    "
-                     f"{chromium_by_hand()}\nthen run this command again.")
-    if not CHROMIUM.exists():
-        sys.exit(f"[lab] apt-get installed chromium but {CHROMIUM} is still missing: install Debian's "
-                 "chromium package (the browser tests drive that binary), then run this command again")
-    log(f"chromium installed: {CHROMIUM}")
+            sys.exit(f"[lab] installing Debian packages failed at `{' '.join(cmd)}` ({exc}). Run\n    "
+                     f"{debian_by_hand(packages)}\nthen run this command again.")
+    still = missing_debian()
+    if still:
+        sys.exit(f"[lab] apt-get ran but {', '.join(str(DEBIAN[p]) for p in still)} is still missing: "
+                 f"install Debian's {', '.join(still)}, then run this command again")
+    log(f"installed: {', '.join(packages)}")
 
 
 def ensure_browser_assets() -> None:
@@ -244,7 +267,7 @@ def invalidate_stale(notebooks: list[Path]) -> None:
 
 
 def cmd_book(args: list[str]) -> int:
-    ensure_chromium()  # before the build: check_pages needs it afterwards
+    ensure_debian()  # before the build: check_pages needs chromium afterwards
     notebooks = toc_notebooks()
     invalidate_stale(notebooks)
     cmd = [VENV / "bin" / "jupyter-book", "build", ROOT, "-W", "--keep-going", *args]
@@ -270,7 +293,7 @@ def check_pages() -> int:
 
 
 def cmd_test(args: list[str]) -> int:
-    ensure_chromium()
+    ensure_debian()
     ensure_oldest_triton()
     ensure_browser_assets()
     env = book_env("ci")
