@@ -6,6 +6,12 @@
   keyed by the tiny GPT's hidden states and tagged by document, and three label propagators
   (the join of every retrieved label, leave-one-out influence, a greedy minimal sufficient
   subset).
+- :mod:`labkit.security.agents`: flooding of manipulated knowledge
+  (flooding_manipulated_knowledge), "Flooding Spread of Manipulated Knowledge in LLM-Based
+  Multi-Agent Communities" (section 04, "Flooding of manipulated knowledge"): beliefs of agents
+  on Watts-Strogatz, Barabási-Albert and block-model graphs updated by trust × persuasiveness,
+  the two-stage attack from central or random seats, guardians, fact-checking and a retrieval
+  memory, every seed and scenario in one sparse product per round.
 """
 
 from labkit.security.infoflow import (
