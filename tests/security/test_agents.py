@@ -227,3 +227,39 @@ def test_figures_have_controls(ba: ag.Community) -> None:
     assert len(fig.layout.sliders[0].steps) == 2
     bars = ag.outcome_figure({"x": {"a": (0.5, 0.1)}}, title="t", y_title="y")
     assert list(bars.data[0].error_y.array) == [0.1]
+
+
+def test_flooding_scenarios_names_and_guardian_seats(ba: ag.Community) -> None:
+    sc = ag.flooding_scenarios(ba, n_attackers=6, persuasiveness=8.0, memory=2.0,
+                               guardians=(0, 5), seed=1)
+    assert list(sc) == ["no attack", "central", "random", "persuasiveness only",
+                        "knowledge only", "central + memory", "5 central guardians",
+                        "5 random guardians"]
+    central = sc["central"].attackers
+    assert torch.equal(central, ag.place(ba, 6)) and not sc["no attack"].attackers.any()
+    assert sc["persuasiveness only"].manipulated is False
+    assert sc["knowledge only"].persuasiveness == 1.0 and sc["central + memory"].memory == 2.0
+    for how in ("central", "random"):
+        grd = sc[f"5 {how} guardians"].guardians
+        assert grd.sum(1).tolist() == [5] * 4 and not (grd & central).any()
+    with pytest.raises(ValueError, match="n_attackers must be >= 1"):
+        ag.flooding_scenarios(ba, n_attackers=0, persuasiveness=1.0, memory=0.0)
+    with pytest.raises(ValueError, match="more agents than"):
+        ag.flooding_scenarios(ba, n_attackers=6, persuasiveness=1.0, memory=0.0,
+                              guardians=(115,))
+
+
+def test_mean_se_by_hand() -> None:
+    # mean 2, sample std 1, standard error 1 / sqrt(3)
+    mean, se = ag.mean_se(torch.tensor([1.0, 2.0, 3.0]))
+    assert mean == pytest.approx(2.0) and se == pytest.approx(3 ** -0.5)
+    assert ag.mean_se(torch.tensor([0.4])) == pytest.approx((0.4, 0.0))
+    with pytest.raises(ValueError, match="x must be a 1-D"):
+        ag.mean_se(torch.zeros(2, 2))
+
+
+def test_no_one_placed_and_too_small_graphs() -> None:
+    com = tiny([1.0, 1.0], [0.0, 0.0])
+    assert not ag.place(com, 0).any()
+    with pytest.raises(ValueError, match="n_agents must be >= 10"):
+        ag.community_graph("sbm", n_agents=4)
