@@ -1,5 +1,10 @@
 """Attacks and information flow (chapter 15).
 
+- :mod:`labkit.security.inversion`: label-only model inversion through knowledge transfer
+  (lokt), "Label-Only Model Inversion Attacks via Knowledge Transfer" (section 01, "Label-only
+  model inversion: LOKT"): a target that answers hard labels only and counts the queries, a
+  target-labelled conditional GAN (T-ACGAN), surrogates trained on its samples, and the
+  white-box inversion of the generator's latent on the surrogate ensemble.
 - :mod:`labkit.security.infoflow`: permissive information-flow labels
   (permissive_information_flow), "Permissive Information-Flow Analysis for Large Language
   Models" (section 02, "Permissive information flow"): a label lattice, a kNN-LM datastore
