@@ -18,7 +18,9 @@ Papers and the modules that implement them (ids as in ``book/_data/papers.yml``)
 Chapter 08, diffusion training as multi-task learning: negative transfer
 (``negative_transfer``), section 01 "Negative transfer between denoising tasks":
 :mod:`~labkit.diffusion.affinity` (task affinity from gradients, interval clustering of the
-timesteps by dynamic programming, short continuations on a cluster of steps).
+timesteps by dynamic programming, short continuations on a cluster of steps); Denoising Task
+Routing (``dtr``), section 02 "Denoising task routing": :mod:`~labkit.diffusion.routing` (a
+sliding window of active channels per step, switched on by ``UNetConfig.task_routing``).
 
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
@@ -48,6 +50,7 @@ from .quality import (ClassifierResult, DigitClassifier, SampleQuality, class_di
 from .sampling import balanced_labels, ddim_loop, sample
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
 from .train import DDPMResult, DiffusionTrainConfig, ddpm_recipe, digits_split, pretrained_ddpm, train_ddpm
+from .routing import TaskRouting
 from .unet import Features, ResBlock, TinyUNet, UNetConfig, timestep_embedding
 
 __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChange", "OpBreakdown", "TimeSplit",
@@ -59,7 +62,8 @@ __all__ = ["PAPER_INJECTION", "PAPER_KEY_STEPS_50", "BlockProfile", "FeatureChan
            "lora_branches", "lora_targets", "merge_loras", "merge_patches", "random_lora", "sample_canvas",
            "sample_controlled", "sample_patch_parallel", "save_lora", "serve_bounded_async", "serve_with_loras",
            "split_patches", "train_lora", "unmerge_loras", "ClassifierResult", "DDPMResult", "DiffusionTrainConfig",
-           "DigitClassifier", "Features", "NoiseSchedule", "ResBlock", "SampleQuality", "TinyUNet", "UNetConfig",
+           "DigitClassifier", "Features", "NoiseSchedule", "ResBlock", "SampleQuality", "TaskRouting", "TinyUNet",
+           "UNetConfig",
            "balanced_labels", "class_diversity", "classifier_confidence", "ddim_loop", "ddim_step", "ddim_timesteps",
            "ddpm_recipe", "digits_split", "feature_frechet_distance", "group_norm_silu", "group_norm_silu_reference",
            "pixel_deviation", "pretrained_classifier", "pretrained_ddpm", "sample", "sample_quality",
