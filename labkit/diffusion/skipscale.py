@@ -77,7 +77,6 @@ def check_skip_scale(skip_scale: object) -> float | str | None:
     return check_real("skip_scale (kappa)", skip_scale, 0.0, strict=True)
 
 
-# show: start rule
 def skip_scales(n_skips: int, skip_scale: float | str | None) -> tuple[float, ...]:
     """The coefficient of each long skip, in the order the encoder makes the skips.
 
@@ -98,7 +97,6 @@ def skip_scales(n_skips: int, skip_scale: float | str | None) -> tuple[float, ..
     # CS: the skip made first by the encoder (full resolution) keeps 1, and each
     # skip closer to the bottleneck is shrunk by one more factor of kappa.
     return tuple(rule ** i for i in range(n_skips))
-# show: end rule
 
 
 @dataclass
@@ -117,26 +115,25 @@ class TrainingTrace:
     feature_norms: list[float] = field(default_factory=list)
 
 
-# show: start measure
 def decoder_feature_norm(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
                          y: torch.Tensor | None = None) -> float:
-    """Root-mean-square of the decoder's last hidden features (the output head's input).
+    """Root-mean-square of the decoder's hidden features, averaged over its up-path blocks.
 
-    Every long skip has flowed into this tensor, so it is where unscaled skips pile up.
+    Each up-path residual block reads one long skip, so this is where unscaled skips pile up.
 
     Shapes:
         x: (B, C, H, W); t, y: (B,).
     """
-    with torch.no_grad():
-        feats = model.encode(x, t, y)
-        seen: list[torch.Tensor] = []
-        last = model.up[0][-1]  # the decoder's last residual block
-        handle = last.register_forward_hook(lambda _m, _inp, out: seen.append(out))
-        try:
-            model.decode(feats)
-        finally:
+    seen: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda _m, _inp, out: seen.append(out))
+               for blocks in model.up for block in blocks]
+    try:
+        with torch.no_grad():
+            model(x, t, y)
+    finally:
+        for handle in handles:
             handle.remove()
-    return seen[0].pow(2).mean().sqrt().item()
+    return sum(h.pow(2).mean().sqrt().item() for h in seen) / len(seen)
 
 
 def sensitivity(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
@@ -162,7 +159,6 @@ def sensitivity(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: tor
         change = model(x + delta, t, y) - model(x, t, y)
     ratio = change.flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1)
     return ratio.mean().item()
-# show: end measure
 
 
 def oscillation(values: list[float] | torch.Tensor, *, skip: int = 0) -> float:

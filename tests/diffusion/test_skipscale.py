@@ -120,17 +120,23 @@ def test_sensitivity_rejects_a_bad_delta():
         sensitivity(model, x, t, y, delta_scale=0.0)
 
 
-def test_decoder_feature_norm_is_the_rms_of_the_last_up_block():
+def test_decoder_feature_norm_is_the_mean_rms_of_the_up_blocks():
     cfg = UNetConfig(**SMALL)
     model = TinyUNet(cfg, init_seed=0)
     _perturb(model)
     x, t, y = _inputs(cfg)
     seen = []
-    model.up[0][-1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    for blocks in model.up:
+        for block in blocks:
+            block.register_forward_hook(lambda _m, _i, out: seen.append(out))
     with torch.no_grad():
         model(x, t, y)
-    expect = seen[0].pow(2).mean().sqrt().item()
+    assert len(seen) == 3 * 2  # three levels, n_res + 1 blocks each
+    expect = sum(h.pow(2).mean().sqrt().item() for h in seen) / len(seen)
+    seen.clear()
     assert decoder_feature_norm(model, x, t, y) == pytest.approx(expect, rel=1e-6)
+    # the measurement removed its own hooks: only the test's remain
+    assert all(len(block._forward_hooks) == 1 for blocks in model.up for block in blocks)
 
 
 def test_oscillation_and_range_hand_example():
