@@ -22,6 +22,10 @@ timesteps by dynamic programming, short continuations on a cluster of steps); De
 Routing (``dtr``), section 02 "Denoising task routing": :mod:`~labkit.diffusion.routing` (a
 sliding window of active channels per step, switched on by ``UNetConfig.task_routing``).
 
+Chapter 08, LayerDiffusion (``layerdiffusion``), section 06 "Latent transparency":
+:mod:`~labkit.diffusion.transparency` (seeded RGBA sprites, a frozen RGB autoencoder, the
+transparency encoder's latent offset and decoder, the harmlessness term).
+
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
 :mod:`~labkit.diffusion.unet` (the UNet, split into encoder and decoder),
