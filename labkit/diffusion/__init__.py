@@ -26,6 +26,11 @@ Chapter 08, LayerDiffusion (``layerdiffusion``), section 06 "Latent transparency
 :mod:`~labkit.diffusion.transparency` (seeded RGBA sprites, a frozen RGB autoencoder, the
 transparency encoder's latent offset and decoder, the harmlessness term).
 
+Chapter 08, section 05 "Structure-modulated super-resolution": SAM-DiffSR (``sam_diffsr``),
+:mod:`~labkit.diffusion.superres` (regions of the digit by ``scipy.ndimage.label``, their
+position codes, the noise modulated per region during training only, 4 x 4 -> 8 x 8
+super-resolution with ``UNetConfig.cond_channels``).
+
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
 :mod:`~labkit.diffusion.unet` (the UNet, split into encoder and decoder),
