@@ -31,6 +31,11 @@ Chapter 08, section 05 "Structure-modulated super-resolution": SAM-DiffSR (``sam
 position codes, the noise modulated per region during training only, 4 x 4 -> 8 x 8
 super-resolution with ``UNetConfig.cond_channels``).
 
+Chapter 08, section 04 "Joint image-label generation with one diffusion model": MT-Diffusion
+(``multitask_diffusion``), :mod:`~labkit.diffusion.multitask` (a digit's label diffused with its
+image, a shared TinyUNet with a label encoder and a label head, the two-task loss, joint DDIM
+sampling, agreement with a judge calibrated by shuffling).
+
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
 :mod:`~labkit.diffusion.unet` (the UNet, split into encoder and decoder),
