@@ -205,13 +205,18 @@ class ConditionalGenerator(nn.Module):
 
 
 class AuxDiscriminator(nn.Module):
-    """D(x) -> (D_adv logit (B,), D_cls logits (B, C)): a shared MLP trunk with two heads."""
+    """D(x) -> (D_adv logit (B,), D_cls logits (B, C)): a shared MLP trunk with two heads.
+
+    The trunk and D_adv are spectrally normalised (as the authors' SN-ResNet discriminator
+    is); without it the MLP GAN of 700 digits learns far more slowly.
+    """
 
     def __init__(self, n_classes: int, *, width: int = 128) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.LeakyReLU(0.2),
-                                   nn.Linear(width, width), nn.LeakyReLU(0.2))
-        self.adv = nn.Linear(width, 1)
+        sn = nn.utils.parametrizations.spectral_norm
+        self.trunk = nn.Sequential(nn.Flatten(), sn(nn.Linear(64, width)), nn.LeakyReLU(0.2),
+                                   sn(nn.Linear(width, width)), nn.LeakyReLU(0.2))
+        self.adv = sn(nn.Linear(width, 1))
         self.cls = nn.Linear(width, n_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
