@@ -34,20 +34,20 @@ def _check(n: int, c: int, k: int) -> None:
         raise ValueError(f"k must be <= n (cannot pick {k} of {n} candidates), got k={k}, n={n}")
 
 
-# show: start passk
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``n`` candidates of which ``c`` pass.
 
     Raises:
         ValueError: ``n < 1``, ``k < 1``, ``k > n`` or ``c`` outside ``[0, n]``.
     """
+    # show: start passk
     _check(n, c, k)
     if n - c < k:  # every k-subset holds a passing candidate
         return 1.0
     # C(n-c, k) / C(n, k) = prod over the c passing slots of (1 - k / i), i = n-c+1 .. n
     i = np.arange(n - c + 1, n + 1, dtype=np.float64)
     return float(1.0 - np.prod(1.0 - k / i))
-# show: end passk
+    # show: end passk
 
 
 def pass_at_k_enumerated(outcomes: Sequence[bool], k: int) -> float:

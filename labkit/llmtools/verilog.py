@@ -42,7 +42,8 @@ from pathlib import Path
 from labkit.validation import check_int, check_real
 
 __all__ = ["CLASSES", "MUTANT_KINDS", "PROBLEMS", "Mutant", "Problem", "RunResult", "classify",
-           "make_mutants", "problem", "require_iverilog", "run_candidate", "run_many", "testbench"]
+           "candidate_from_completion", "code_prompt", "make_mutants", "problem", "require_iverilog",
+           "run_candidate", "run_many", "testbench", "training_documents", "widen"]
 
 #: Failure classes, from the first stage that fails to the clean pass.
 CLASSES: tuple[str, ...] = ("syntax", "elaboration", "timeout", "mismatch", "pass")
@@ -190,7 +191,6 @@ def _decl(kind: str, name: str, width: int) -> str:
     return f"  {kind} {'[%d:0] ' % (width - 1) if width > 1 else ''}{name};"
 
 
-# show: start testbench
 def testbench(p: Problem, *, vectors: int = 256, cycles: int = 80, oracle_cycles: int = 4000,
               seed: int = 1) -> str:
     """Verilog testbench driving ``top_module`` and ``ref_module`` with the same stimuli.
@@ -211,6 +211,7 @@ def testbench(p: Problem, *, vectors: int = 256, cycles: int = 80, oracle_cycles
     lines += [_decl("reg", n, w) for n, w in p.inputs]
     lines += [_decl("wire", f"{n}_{s}", w) for n, w in p.outputs for s in ("dut", "ref")]
     lines += ["  integer i, total, errors, seed, oracle;"]
+    # show: start testbench
     if p.clocked:
         lines += ["  reg clk = 0, reset = 1;", "  always #5 clk = ~clk;"]
     lines += [f"  top_module dut({conn}, " + ", ".join(f".{n}({n}_dut)" for n, _ in p.outputs) + ");",
@@ -234,8 +235,8 @@ def testbench(p: Problem, *, vectors: int = 256, cycles: int = 80, oracle_cycles
               "    end",
               '    $display("Mismatches: %0d in %0d samples", errors, total);',
               "    $finish;", "  end", "endmodule", ""]
+    # show: end testbench
     return "\n".join(lines)
-# show: end testbench
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,6 @@ class RunResult:
 _MISMATCH = re.compile(r"Mismatches: (\d+) in (\d+) samples")
 
 
-# show: start classify
 def classify(compile_rc: int, compile_log: str, sim_timed_out: bool, sim_log: str) -> RunResult:
     """Sort one compile and simulation into a failure class (see :data:`CLASSES`).
 
@@ -260,6 +260,7 @@ def classify(compile_rc: int, compile_log: str, sim_timed_out: bool, sim_log: st
     time limit is ``timeout``; otherwise the testbench's mismatch count decides, and a run that
     never prints it (a runtime error) counts as a ``mismatch``.
     """
+    # show: start classify
     if compile_rc != 0:
         return RunResult("syntax" if "syntax error" in compile_log else "elaboration", log=compile_log)
     if sim_timed_out:
@@ -269,7 +270,7 @@ def classify(compile_rc: int, compile_log: str, sim_timed_out: bool, sim_log: st
         return RunResult("mismatch", log=sim_log)
     errors, samples = int(found.group(1)), int(found.group(2))
     return RunResult("pass" if errors == 0 else "mismatch", errors, samples, sim_log)
-# show: end classify
+    # show: end classify
 
 
 def _check_source(source: object) -> str:
@@ -347,9 +348,9 @@ class Mutant:
 _WIDTH = re.compile(r"\[(\d+):0\]")
 
 
-# show: start mutants
 def _mutate(p: Problem, kind: str, rng: random.Random) -> list[tuple[str, str]]:
     """Every ``(source, note)`` of one kind for ``p``; :func:`make_mutants` samples among them."""
+    # show: start mutants
     src = p.source
     if kind == "syntax_slip":  # drop a statement's semicolon, or misspell a keyword
         out = [(p.header + "\n" + p.body.replace(";\n", "\n", 1), "first semicolon of the body dropped")]
@@ -372,7 +373,7 @@ def _mutate(p: Problem, kind: str, rng: random.Random) -> list[tuple[str, str]]:
     if kind == "missing_reset":
         return [(src.replace(p.reset_text, "", 1), "reset branch removed")] if p.reset_text else []
     raise ValueError(f"unknown mutant kind {kind!r}; expected one of {tuple(MUTANT_KINDS)}")
-# show: end mutants
+    # show: end mutants
 
 
 def make_mutants(p: Problem, *, per_kind: int | None = None, seed: int = 0,
@@ -392,3 +393,72 @@ def make_mutants(p: Problem, *, per_kind: int | None = None, seed: int = 0,
             options = rng.sample(options, per_kind)
         out += [Mutant(p.name, kind, MUTANT_KINDS[kind], src, note) for src, note in options]
     return out
+
+
+def widen(p: Problem, delta: int) -> str:
+    """``p``'s spec and reference as one document, every range ``[n:0]`` widened by ``delta``.
+
+    The body keeps its structure, so a widened copy is a sibling of the problem: the same
+    circuit at another width (the spec's ``"N-bit"`` follows; other numbers in it do not).
+    """
+    if not isinstance(p, Problem):
+        raise TypeError(f"p must be a Problem, got {type(p).__name__}")
+    check_int("delta", delta, -64)
+    smallest = min([int(m.group(1)) for m in _WIDTH.finditer(p.source)] or [64])
+    if smallest + delta < 1:
+        raise ValueError(f"delta={delta} would shrink a range of {p.name} below [1:0]")
+    src = _WIDTH.sub(lambda m: f"[{int(m.group(1)) + delta}:0]", p.source)
+    spec = re.sub(r"\b(\d+)-bit", lambda m: f"{int(m.group(1)) + delta}-bit", p.spec)
+    return f"// {spec}\n{src}"
+
+
+def training_documents(n: int, *, held_out: Sequence[str] = (), seed: int = 0,
+                       pair_rate: float = 0.5) -> list[str]:
+    """``n`` templated Verilog documents from the problems whose family is not in ``held_out``.
+
+    Each document is a widened sibling of a problem (:func:`widen`, ``delta`` in -1..3); a
+    fraction ``pair_rate`` are two siblings of the same problem one after the other, which is
+    what teaches a small model to use an example in its prompt.
+    """
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    rate = check_real("pair_rate", pair_rate, 0.0)
+    families = {p.family for p in PROBLEMS}
+    unknown = set(held_out) - families
+    if unknown:
+        raise ValueError(f"held_out has unknown families {sorted(unknown)}; expected some of {sorted(families)}")
+    pool = [p for p in PROBLEMS if p.family not in set(held_out)]
+    if not pool:
+        raise ValueError("held_out leaves no problem to train on")
+    rng = random.Random(seed)
+
+    def sibling(p: Problem, avoid: int | None = None) -> tuple[int, str]:
+        deltas = [d for d in range(-1, 4) if d != avoid and _fits(p, d)]
+        d = rng.choice(deltas)
+        return d, widen(p, d)
+
+    docs = []
+    for _ in range(n):
+        p = rng.choice(pool)
+        d, doc = sibling(p)
+        if rng.random() < rate:
+            doc = doc + "\n" + sibling(p, avoid=d)[1]
+        docs.append(doc)
+    return docs
+
+
+def _fits(p: Problem, delta: int) -> bool:
+    return min([int(m.group(1)) for m in _WIDTH.finditer(p.source)] or [64]) + delta >= 1
+
+
+def code_prompt(p: Problem, *, example: bool, delta: int = 2) -> str:
+    """The prompt for ``p``: its spec and header, after a sibling at ``+delta`` bits if ``example``."""
+    if not isinstance(p, Problem):
+        raise TypeError(f"p must be a Problem, got {type(p).__name__}")
+    return (widen(p, delta) + "\n" if example else "") + p.prompt
+
+
+def candidate_from_completion(p: Problem, completion: str) -> str:
+    """The candidate module: ``p``'s header and the model's body, cut after the first ``endmodule``."""
+    body = completion.split("endmodule", 1)[0]
+    return p.header + "\n" + body + "endmodule\n"

@@ -83,3 +83,42 @@ def test_bad_inputs_and_missing_iverilog(monkeypatch):
     monkeypatch.setattr(verilog.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Debian package 'iverilog'"):
         run_candidate(problem("mux2"), problem("mux2").source)
+
+
+def test_widened_siblings_keep_the_body_and_still_pass():
+    p = problem("mux2")
+    doc = verilog.widen(p, 2)
+    assert doc.startswith("// 6-bit 2-to-1 mux") and "input [5:0] a" in doc
+    assert "assign y = s ? b : a;" in doc and "[3:0]" not in doc
+    assert verilog.widen(p, 0) == "// " + p.spec + "\n" + p.source
+    with pytest.raises(ValueError, match="delta"):
+        verilog.widen(problem("seq101"), -1)  # [1:0] cannot shrink
+    # the sibling of a clocked problem is itself a correct circuit of the wider kind
+    shift = problem("shift8")
+    wide = verilog.widen(shift, 1).split("\n", 1)[1]
+    assert "{q[7:0], d}" in wide and "output reg [8:0] q" in wide
+
+
+def test_training_documents_hold_out_families_and_pair_siblings():
+    docs = verilog.training_documents(200, held_out=("gates", "coding"), seed=1)
+    assert len(docs) == 200 and docs == verilog.training_documents(200, held_out=("gates", "coding"), seed=1)
+    text = "\n".join(docs)
+    assert "parity" not in text and "decoder" not in text and "priority" not in text
+    pairs = sum(d.count("module top_module") == 2 for d in docs)
+    assert 60 <= pairs <= 140
+    with pytest.raises(ValueError, match="unknown families"):
+        verilog.training_documents(5, held_out=("alu",))
+    everything = tuple({p.family for p in PROBLEMS})
+    with pytest.raises(ValueError, match="no problem"):
+        verilog.training_documents(5, held_out=everything)
+
+
+def test_prompts_and_candidates():
+    p = problem("decoder")
+    assert verilog.code_prompt(p, example=False) == p.prompt
+    with_example = verilog.code_prompt(p, example=True)
+    assert with_example.endswith(p.prompt) and "input [4:0] a" in with_example
+    body = "  assign y = en ? 8'b1 << a : 8'b0;\nendmodule\nmodule junk;"
+    cand = verilog.candidate_from_completion(p, body)
+    assert cand == p.source and run_candidate(p, cand).cls == "pass"
+    assert verilog.candidate_from_completion(p, "").endswith("endmodule\n")
