@@ -229,14 +229,36 @@ class GPT(nn.Module):
                     total -= per_expert * (f.n_experts - f.top_k)
         return total
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
-        """Logits for next-token prediction, and the loss when ``targets`` (B, T) are given."""
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
-        B, T = idx.shape
+    def forward(self, idx: torch.Tensor | None, targets: torch.Tensor | None = None, *,
+                inputs_embeds: torch.Tensor | None = None) -> GPTOutput:
+        """Logits for next-token prediction, and the loss when ``targets`` (B, T) are given.
+
+        Args:
+            idx: (B, T) token ids, or None when ``inputs_embeds`` is given.
+            targets: (B, T) next tokens, or None.
+            inputs_embeds: opt-in (B, T, D) vectors used in place of the token embeddings
+                (position embeddings are still added), for inputs that are not bytes, e.g.
+                projected features (chapter 18, NetLLM). Exactly one of ``idx`` and
+                ``inputs_embeds`` is given.
+        """
+        if (idx is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of idx and inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"inputs_embeds must be (B, T, {self.cfg.d_model}), "
+                                 f"got shape {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+            tok, device = inputs_embeds, inputs_embeds.device
+        else:
+            if idx.dim() != 2:
+                raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+            B, T = idx.shape
+            tok, device = None, idx.device
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
-        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))  # (B, T, D)
+        if tok is None:
+            tok = self.tok(idx)
+        x = tok + self.pos(torch.arange(T, device=device))  # (B, T, D)
         state = x.reshape(B * T, -1) if self._pregate else None  # Read-ME routes from the embedding
         routings = []
         for block in self.blocks:
@@ -246,7 +268,7 @@ class GPT(nn.Module):
         if targets is None:
             return GPTOutput(logits=logits, routing=routings)
         lm_loss = nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
-        aux = sum((r.aux_loss for r in routings if r is not None), torch.zeros((), device=idx.device))
+        aux = sum((r.aux_loss for r in routings if r is not None), torch.zeros((), device=device))
         return GPTOutput(logits=logits, loss=lm_loss + self.cfg.aux_loss_weight * aux, lm_loss=lm_loss, routing=routings)
 
     @torch.no_grad()

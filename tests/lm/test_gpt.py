@@ -116,3 +116,22 @@ def test_variants_share_the_initialisation_of_shared_parameters():
     other = GPT(GPTConfig(**SMALL), init_seed=6)
     assert not torch.equal(dense.tok.weight, other.tok.weight)
     assert torch.equal(dense.blocks[0].ln1.weight, torch.ones(16))
+
+
+def test_inputs_embeds_equal_the_token_path_and_leave_the_default_alone():
+    model = GPT(GPTConfig(**SMALL), init_seed=3).eval()
+    idx = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(0))
+    plain = model(idx).logits
+    via = model(None, inputs_embeds=model.tok(idx)).logits
+    torch.testing.assert_close(via, plain)
+    targets = torch.roll(idx, -1, 1)
+    assert torch.isclose(model(idx, targets).loss, model(None, targets, inputs_embeds=model.tok(idx)).loss)
+    # the opt-in adds no parameter and no config field, so cached weights keep their keys
+    assert "inputs_embeds" not in GPTConfig(**SMALL).as_dict()
+    assert set(model.state_dict()) == set(GPT(GPTConfig(**SMALL)).state_dict())
+    with pytest.raises(ValueError, match="exactly one"):
+        model(idx, inputs_embeds=model.tok(idx))
+    with pytest.raises(ValueError, match="exactly one"):
+        model(None)
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        model(None, inputs_embeds=torch.zeros(2, 7, 5))
