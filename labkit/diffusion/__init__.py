@@ -22,6 +22,11 @@ timesteps by dynamic programming, short continuations on a cluster of steps); De
 Routing (``dtr``), section 02 "Denoising task routing": :mod:`~labkit.diffusion.routing` (a
 sliding window of active channels per step, switched on by ``UNetConfig.task_routing``).
 
+Chapter 08, ScaleLong (``scalelong``), section 03 "Scaling long skip connections":
+:mod:`~labkit.diffusion.skipscale` (the ``1/sqrt(2)`` and ``kappa ** i`` rules for the long
+skips, switched on by ``UNetConfig.skip_scale``; gradient and feature traces over training,
+their oscillation, the sensitivity to input noise).
+
 Chapter 08, LayerDiffusion (``layerdiffusion``), section 06 "Latent transparency":
 :mod:`~labkit.diffusion.transparency` (seeded RGBA sprites, a frozen RGB autoencoder, the
 transparency encoder's latent offset and decoder, the harmlessness term).
