@@ -4,6 +4,15 @@ Evaluation harnesses that run what a model generates (Verilog simulation, MPI pr
 adaptive-bitrate simulator, block levels in a physics engine); each module names its paper and
 section.
 
+- :mod:`labkit.llmtools.verilog`: spec-to-RTL evaluation (verilogeval), "Revisiting VerilogEval:
+  Newer LLMs, In-Context Learning, and Specification-to-RTL Tasks" (section 01, "VerilogEval:
+  spec-to-RTL evaluation"): twelve problems with references, generated testbenches, the Icarus
+  Verilog runner, five failure classes and seeded mutants of known class.
+- :mod:`labkit.llmtools.passk`: the unbiased pass@k (verilogeval, section 01), in product form,
+  with a subset-enumeration check.
+- :mod:`labkit.llmtools.codegen`: the code model (verilogeval, section 01; reused by section 02):
+  a 2-block byte GPT with a 256-byte context, a fill-in-the-middle corpus, completion and
+  infilling.
 - :mod:`labkit.llmtools.levels`: levels as programs (chatgpt4pcg), "ChatGPT4PCG 2 Competition:
   Prompt Engineering for Science Birds Level Generation" (section 04, "Levels as programs:
   ChatGPT4PCG"): `drop_block` programs of the three block kinds, the pymunk stability test,
@@ -11,7 +20,12 @@ section.
   generators (jittered templates, random programs, a repetitive one).
 """
 
-__all__: list[str] = []
+from labkit.llmtools.codegen import code_corpus, code_gpt_recipe, complete, fill_in_the_middle, train_code_gpt
+from labkit.llmtools.passk import pass_at_k
+from labkit.llmtools.verilog import PROBLEMS, make_mutants, run_candidate
+
+__all__: list[str] = ["PROBLEMS", "code_corpus", "code_gpt_recipe", "complete", "fill_in_the_middle",
+                      "make_mutants", "pass_at_k", "run_candidate", "train_code_gpt"]
 
 from labkit.llmtools.levels import Level, diversity, program, render, settle  # noqa: E402
 
