@@ -345,13 +345,17 @@ class TinyUNet(nn.Module):
                    for i in range(len(self.up[lv]))]
         return encoder + middle + decoder
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None, *,
+              class_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """The step (and class) embedding the blocks receive.
 
         Args:
             t: (B,) int steps.
             y: (B,) int64 classes in [0, n_classes); required for a class-conditional model,
                 forbidden for an unconditional one.
+            class_embedding: (B, E) vectors used instead of ``class_emb(y)`` (then ``y`` must be
+                None): any point of the condition space, not only the learned rows. Default
+                None, the learned row of each label.
 
         Returns:
             (B, E).
@@ -359,6 +363,15 @@ class TinyUNet(nn.Module):
         if t.dim() != 1:
             raise ValueError(f"t must be (B,) steps, got shape {tuple(t.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))  # (B, E)
+        if class_embedding is not None:
+            if self.class_emb is None:
+                raise ValueError("this model is unconditional (n_classes=None); class_embedding must be None")
+            if y is not None:
+                raise ValueError("pass either y or class_embedding, not both")
+            if not isinstance(class_embedding, torch.Tensor) or class_embedding.shape != emb.shape:
+                shape = tuple(class_embedding.shape) if isinstance(class_embedding, torch.Tensor) else None
+                raise ValueError(f"class_embedding must be a (B, E) = {tuple(emb.shape)} tensor, got {shape}")
+            return emb + class_embedding
         if self.class_emb is None:
             if y is not None:
                 raise ValueError("this model is unconditional (n_classes=None); pass y=None")
@@ -371,13 +384,15 @@ class TinyUNet(nn.Module):
             raise ValueError(f"y must hold labels in [0, {self.cfg.n_classes}), got [{int(y.min())}, {int(y.max())}]")
         return emb + self.class_emb(y)
 
-    def encode(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Features:
+    def encode(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
+               class_embedding: torch.Tensor | None = None) -> Features:
         """Embedding, ``conv_in`` and the down path: everything Faster Diffusion may reuse.
 
         Args:
             x: noisy images, (B, C_in, H, W) with H = W = ``image_size``.
             t: (B,) steps in [0, T).
             y: (B,) class labels (see :meth:`embed`).
+            class_embedding: (B, E) condition vectors instead of the labels' (see :meth:`embed`).
 
         Returns:
             :class:`Features` ``(h, skips, emb)``.
@@ -389,7 +404,7 @@ class TinyUNet(nn.Module):
                              f"got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
-        emb = self.embed(t, y)
+        emb = self.embed(t, y, class_embedding=class_embedding)
         h = self.conv_in(x)  # (B, C, H, W)
         skips = [h]
         for level, blocks in enumerate(self.down):
@@ -429,6 +444,11 @@ class TinyUNet(nn.Module):
             raise ValueError(f"feats.skips has {len(feats.skips)} tensors, {len(skips)} more than the decoder uses")
         return self.conv_out(_norm_silu(self.norm_out, h))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted noise ``eps(x_t, t, y)``, (B, C_in, H, W); equal to ``decode(encode(x, t, y))``."""
-        return self.decode(self.encode(x, t, y))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
+                class_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise ``eps(x_t, t, y)``, (B, C_in, H, W); equal to ``decode(encode(x, t, y))``.
+
+        ``class_embedding`` (B, E), opt-in, conditions on those vectors instead of
+        ``class_emb(y)`` (see :meth:`embed`); the default None changes nothing.
+        """
+        return self.decode(self.encode(x, t, y, class_embedding=class_embedding))

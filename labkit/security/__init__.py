@@ -11,6 +11,12 @@
   keyed by the tiny GPT's hidden states and tagged by document, and three label propagators
   (the join of every retrieved label, leave-one-out influence, a greedy minimal sufficient
   subset).
+- :mod:`labkit.security.unlearn`: attacking an unlearned diffusion model (unlearndiffatk),
+  "To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To Generate
+  Unsafe Images ... For Now" (section 03, "UnlearnDiffAtk: bringing an erased digit back"): a
+  digit erased from the tiny conditional DDPM by fine-tuning a copy toward an anchor digit
+  (ESD-style), and condition embeddings, free or mixtures of the allowed digits, optimised with
+  the model's own denoising loss to bring it back.
 - :mod:`labkit.security.agents`: flooding of manipulated knowledge
   (flooding_manipulated_knowledge), "Flooding Spread of Manipulated Knowledge in LLM-Based
   Multi-Agent Communities" (section 04, "Flooding of manipulated knowledge"): beliefs of agents
