@@ -17,7 +17,7 @@ LABKIT = ROOT / "labkit"
 LINK = re.compile(r"^\s*Section:|Taught in chapter")  # the current spelling, and the old one anywhere in a line
 # Packages of the chapters' topics and the lab animals: every public module there has a back-link.
 LINKED_PACKAGES = ("comm", "diffusion", "federated", "graphs", "inference", "infocomm", "intro", "lm", "moe",
-                   "mpc", "quant", "security", "spatial", "llmtools")
+                   "mpc", "quant", "security", "spatial", "llmtools", "sequence")
 
 
 def _data(name: str) -> list[dict]:
