@@ -13,6 +13,11 @@ section.
 - :mod:`labkit.llmtools.codegen`: the code model (verilogeval, section 01; reused by section 02):
   a 2-block byte GPT with a 256-byte context, a fill-in-the-middle corpus, completion and
   infilling.
+- :mod:`labkit.llmtools.abr`: a language model as a bitrate controller (netllm), "Large
+  Language Model Adaptation for Networking" (section 03, "A language model as a bitrate
+  controller: NetLLM"): the adaptive-bitrate simulator with linear QoE, Markov-modulated
+  traces, BBA, rate-based and RobustMPC, and the tiny GPT adapted with embeddings, LoRA and a
+  decision head (or token answers), trained offline on returns-to-go.
 - :mod:`labkit.llmtools.levels`: levels as programs (chatgpt4pcg), "ChatGPT4PCG 2 Competition:
   Prompt Engineering for Science Birds Level Generation" (section 04, "Levels as programs:
   ChatGPT4PCG"): `drop_block` programs of the three block kinds, the pymunk stability test,
@@ -30,3 +35,7 @@ __all__: list[str] = ["PROBLEMS", "code_corpus", "code_gpt_recipe", "complete", 
 from labkit.llmtools.levels import Level, diversity, program, render, settle  # noqa: E402
 
 __all__ += ["Level", "diversity", "program", "render", "settle"]
+
+from labkit.llmtools.abr import NetLLMPolicy, make_traces, simulate, train_netllm  # noqa: E402
+
+__all__ += ["NetLLMPolicy", "make_traces", "simulate", "train_netllm"]
