@@ -27,19 +27,19 @@ Chapter 08, ScaleLong (``scalelong``), section 03 "Scaling long skip connections
 skips, switched on by ``UNetConfig.skip_scale``; gradient and feature traces over training,
 their oscillation, the sensitivity to input noise).
 
-Chapter 08, LayerDiffusion (``layerdiffusion``), section 06 "Latent transparency":
-:mod:`~labkit.diffusion.transparency` (seeded RGBA sprites, a frozen RGB autoencoder, the
-transparency encoder's latent offset and decoder, the harmlessness term).
+Chapter 08, section 04 "Joint image-label generation with one diffusion model": MT-Diffusion
+(``multitask_diffusion``), :mod:`~labkit.diffusion.multitask` (a digit's label diffused with its
+image, a shared TinyUNet with a label encoder and a label head, the two-task loss, joint DDIM
+sampling, agreement with a judge calibrated by shuffling).
 
 Chapter 08, section 05 "Structure-modulated super-resolution": SAM-DiffSR (``sam_diffsr``),
 :mod:`~labkit.diffusion.superres` (regions of the digit by ``scipy.ndimage.label``, their
 position codes, the noise modulated per region during training only, 4 x 4 -> 8 x 8
 super-resolution with ``UNetConfig.cond_channels``).
 
-Chapter 08, section 04 "Joint image-label generation with one diffusion model": MT-Diffusion
-(``multitask_diffusion``), :mod:`~labkit.diffusion.multitask` (a digit's label diffused with its
-image, a shared TinyUNet with a label encoder and a label head, the two-task loss, joint DDIM
-sampling, agreement with a judge calibrated by shuffling).
+Chapter 08, LayerDiffusion (``layerdiffusion``), section 06 "Latent transparency":
+:mod:`~labkit.diffusion.transparency` (seeded RGBA sprites, a frozen RGB autoencoder, the
+transparency encoder's latent offset and decoder, the harmlessness term).
 
 The lab animal and section 01, "Where sampling time goes" (DDPM and DDIM, no paper of the list
 of their own): :mod:`~labkit.diffusion.schedule` (noise schedules, the DDIM update),
