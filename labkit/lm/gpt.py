@@ -248,16 +248,15 @@ class GPT(nn.Module):
                 raise ValueError(f"inputs_embeds must be (B, T, {self.cfg.d_model}), "
                                  f"got shape {tuple(inputs_embeds.shape)}")
             B, T = inputs_embeds.shape[:2]
-            tok, device = inputs_embeds, inputs_embeds.device
+            device = inputs_embeds.device
         else:
             if idx.dim() != 2:
                 raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
             B, T = idx.shape
-            tok, device = None, idx.device
+            device = idx.device
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
-        if tok is None:
-            tok = self.tok(idx)
+        tok = inputs_embeds if inputs_embeds is not None else self.tok(idx)
         x = tok + self.pos(torch.arange(T, device=device))  # (B, T, D)
         state = x.reshape(B * T, -1) if self._pregate else None  # Read-ME routes from the embedding
         routings = []
