@@ -56,6 +56,9 @@ class GPTConfig:
         router_dim: width R of the recurrent routing state.
         moe_layers: indices of the sparse blocks; ``None`` means all of them.
         aux_loss_weight: weight of the load-balancing loss in :meth:`GPT.forward`'s loss.
+        causal: opt-in; ``False`` lets every token attend to every other (a bidirectional
+            encoder, as the masked decoder of chapter 17 needs). Left out of :meth:`as_dict`
+            at its default ``True``, so the cache keys of causal models do not change.
     """
 
     vocab_size: int = 256
@@ -72,6 +75,7 @@ class GPTConfig:
     router_dim: int = 32
     moe_layers: tuple[int, ...] | None = None
     aux_loss_weight: float = 0.01
+    causal: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "n_experts", "router_dim"):
@@ -80,6 +84,8 @@ class GPTConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.ffn not in _FFNS:
             raise ValueError(f"ffn must be one of {_FFNS}, got {self.ffn!r}")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(self.causal).__name__}")
         if self.router not in _ROUTERS:
             raise ValueError(f"router must be one of {_ROUTERS}, got {self.router!r}")
         check_int("top_k", self.top_k, 1)
@@ -98,8 +104,12 @@ class GPTConfig:
         return self.ffn == "moe" and (self.moe_layers is None or layer in self.moe_layers)
 
     def as_dict(self) -> dict:
-        """Plain dict of the fields (for cache keys and printing)."""
-        return asdict(self)
+        """Plain dict of the fields (for cache keys and printing); opt-ins at their defaults
+        are left out, so adding one leaves existing keys unchanged."""
+        out = asdict(self)
+        if self.causal:
+            del out["causal"]
+        return out
 
 
 @dataclass
@@ -121,11 +131,13 @@ class GPTOutput:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention where token t sees tokens <= t (Vaswani et al., eq. 1)."""
+    """Multi-head attention where token t sees tokens <= t (Vaswani et al., eq. 1), or every
+    token when ``cfg.causal`` is False."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -133,7 +145,7 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # (B, T, D) each
         q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(QK^T/sqrt(d)) V
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # softmax(QK^T/sqrt(d)) V
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 

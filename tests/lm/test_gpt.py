@@ -135,3 +135,26 @@ def test_inputs_embeds_equal_the_token_path_and_leave_the_default_alone():
         model(None)
     with pytest.raises(ValueError, match="inputs_embeds must be"):
         model(None, inputs_embeds=torch.zeros(2, 7, 5))
+
+
+def test_non_causal_opt_in_sees_the_future_and_keeps_the_cache_key():
+    keys = ["vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "ffn", "n_experts",
+            "top_k", "capacity_factor", "router", "router_dim", "moe_layers", "aux_loss_weight"]
+    assert list(GPTConfig(**SMALL).as_dict()) == keys  # the key of every cached causal model
+    assert GPTConfig(**SMALL, causal=False).as_dict()["causal"] is False
+    causal = GPT(GPTConfig(**SMALL), init_seed=1).eval()
+    bidir = GPT(GPTConfig(**SMALL, causal=False), init_seed=1).eval()
+    # same parameters by name and value: only the attention mask differs
+    for (n1, p1), (n2, p2) in zip(causal.state_dict().items(), bidir.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2)
+    idx = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    changed = idx.clone()
+    changed[0, -1] = (idx[0, -1] + 1) % 256
+    torch.testing.assert_close(causal(idx).logits[:, 0], causal(changed).logits[:, 0])
+    assert not torch.allclose(bidir(idx).logits[:, 0], bidir(changed).logits[:, 0])
+    # with one layer the last position reads the same keys under both masks
+    one = {**SMALL, "n_layer": 1}
+    last = [GPT(GPTConfig(**one, causal=c), init_seed=1).eval()(idx).logits[:, -1] for c in (True, False)]
+    torch.testing.assert_close(last[0], last[1])
+    with pytest.raises(TypeError, match="causal"):
+        GPTConfig(causal=1)
