@@ -37,20 +37,18 @@ Section: chapter 08, "Joint image-label generation with one diffusion model".
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from labkit.runtime import seed_everything
 from labkit.validation import check_int, check_real, check_tensor
 
 from .sampling import ddim_loop
 from .schedule import NoiseSchedule
-from .train import DiffusionTrainConfig, _lr_at
+from .train import DiffusionTrainConfig, training_loop
 from .unet import TinyUNet, UNetConfig
 
 __all__ = ["JointTrajectory", "MultiTaskResult", "MultiTaskUNet", "label_agreement", "label_eps",
@@ -234,30 +232,21 @@ def train_multitask(images: torch.Tensor, labels: torch.Tensor, train_cfg: Diffu
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     if tuple(images.shape[1:]) != shape:
         raise ValueError(f"images must be (N, {shape[0]}, {shape[1]}, {shape[2]}), got {tuple(images.shape)}")
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.0)
     N, T, B, K = images.shape[0], schedule.n_steps, train_cfg.batch_size, model.n_classes
     result = MultiTaskResult(model=model, schedule=schedule, label_weight=lam)
-    clock, run_img, run_lab, count = 0.0, 0.0, 0.0, 0
-    model.train()
-    for step in tqdm(range(train_cfg.steps), desc="train joint", disable=not progress, leave=False):
-        start = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, train_cfg)
+
+    def step_losses(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, N, (B,), generator=gen)
         t = torch.randint(0, T, (B,), generator=gen)
         noise = torch.randn((B, *shape), generator=gen)
         label_noise = torch.randn((B, K), generator=gen)
-        total, img, lab = multitask_loss(model, schedule, images[idx], labels[idx], t, noise, label_noise,
-                                         label_weight=lam)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        clock += time.perf_counter() - start
-        run_img, run_lab, count = run_img + img.item(), run_lab + lab.item(), count + 1
-        if (step + 1) % train_cfg.eval_every == 0 or step + 1 == train_cfg.steps:
-            result.history.append((step + 1, run_img / count, run_lab / count, clock))
-            run_img, run_lab, count = 0.0, 0.0, 0
+        return multitask_loss(model, schedule, images[idx], labels[idx], t, noise, label_noise,
+                              label_weight=lam)
+
+    model.train()
+    for log in training_loop(model, train_cfg, step_losses, desc="train joint", progress=progress):
+        _, img, lab = log.losses
+        result.history.append((log.step, img, lab, log.clock))
     model.eval()
     return result
 

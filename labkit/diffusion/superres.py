@@ -41,20 +41,18 @@ Section: chapter 08, "Structure-modulated super-resolution".
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from labkit.runtime import seed_everything
 from labkit.validation import check_int, check_real, check_tensor
 
 from .schedule import NoiseSchedule, ddim_step, ddim_timesteps
-from .train import DiffusionTrainConfig, _lr_at
+from .train import DiffusionTrainConfig, training_loop
 from .unet import TinyUNet, UNetConfig
 
 __all__ = ["SRResult", "digit_regions", "downsample", "mask_coefficient", "modulated_noise", "noise_loss", "psnr",
@@ -294,14 +292,10 @@ def train_superres(cfg: UNetConfig, hr: torch.Tensor, train_cfg: DiffusionTrainC
     maps = structure_mask(digit_regions(hr)) if structure else None  # (N, 1, H, W)
     gen = seed_everything(seed)
     model = TinyUNet(cfg, init_seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.0)
     N, T, B = hr.shape[0], schedule.n_steps, train_cfg.batch_size
     result = SRResult(model=model, schedule=schedule, factor=factor)
-    clock, running, count = 0.0, 0.0, 0
-    for step in tqdm(range(train_cfg.steps), desc="train sr", disable=not progress, leave=False):
-        start = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, train_cfg)
+
+    def step_losses(step: int) -> tuple[torch.Tensor]:
         # show: start train-step
         idx = torch.randint(0, N, (B,), generator=gen)
         t = torch.randint(0, T, (B,), generator=gen)
@@ -313,17 +307,11 @@ def train_superres(cfg: UNetConfig, hr: torch.Tensor, train_cfg: DiffusionTrainC
         x_t = schedule.q_sample(target[idx], t, noise)
         # the condition rides along as a channel; the target is eps' itself
         pred = model(torch.cat([x_t, cond[idx]], dim=1), t)  # (B, C, H, W)
-        loss = F.mse_loss(pred, noise)
+        return (F.mse_loss(pred, noise),)
         # show: end train-step
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        clock += time.perf_counter() - start
-        running, count = running + loss.item(), count + 1
-        if (step + 1) % train_cfg.eval_every == 0 or step + 1 == train_cfg.steps:
-            result.history.append((step + 1, running / count, clock))
-            running, count = 0.0, 0
+
+    for log in training_loop(model, train_cfg, step_losses, desc="train sr", progress=progress):
+        result.history.append((log.step, log.losses[0], log.clock))
     model.eval()
     return result
 

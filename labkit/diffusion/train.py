@@ -25,7 +25,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -40,7 +40,8 @@ from labkit.validation import check_int
 from .schedule import NoiseSchedule
 from .unet import TinyUNet, UNetConfig
 
-__all__ = ["DDPMResult", "DiffusionTrainConfig", "ddpm_recipe", "digits_split", "pretrained_ddpm", "train_ddpm"]
+__all__ = ["DDPMResult", "DiffusionTrainConfig", "LoggedStep", "ddpm_recipe", "digits_split", "pretrained_ddpm",
+           "train_ddpm", "training_loop"]
 
 _N_TEST = 360  # held-out digits (20 % of 1797), shared with the quality classifier
 
@@ -141,6 +142,78 @@ def _check_data(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | No
             raise ValueError(f"labels must be in [0, {cfg.n_classes}), got [{int(labels.min())}, {int(labels.max())}]")
 
 
+@dataclass
+class LoggedStep:
+    """What :func:`training_loop` reports at a logging point.
+
+    Attributes:
+        step: optimizer steps done so far (from 1).
+        losses: the mean of each loss returned by the step function since the previous point.
+        clock: seconds spent inside training steps so far (observers and logging excluded).
+        bar: the loop's progress bar (for ``set_postfix``).
+    """
+
+    step: int
+    losses: tuple[float, ...]
+    clock: float
+    bar: tqdm
+
+
+def training_loop(model: torch.nn.Module, train_cfg: DiffusionTrainConfig,
+                  step_losses: Callable[[int], tuple[torch.Tensor, ...]], *, desc: str = "train",
+                  progress: bool = True, ema: torch.nn.Module | None = None,
+                  on_step: Callable[[int, torch.nn.Module, float], None] | None = None
+                  ) -> Iterator[LoggedStep]:
+    """The book's diffusion training loop, with the loss left to the caller.
+
+    AdamW without weight decay, the recipe's linear warm-up and cosine decay, gradients clipped
+    to norm 1 and, optionally, an exponential moving average of the weights. Every trainer of
+    the tiny UNets (:func:`train_ddpm`, the joint image-label model of chapter 08, the
+    super-resolution model) runs this loop and differs only in ``step_losses``.
+
+    Args:
+        model: the module to train (its parameters are optimised in place).
+        train_cfg: the recipe (steps, learning rate, warm-up, logging period; ``ema`` is read by
+            the caller, which passes the averaged copy as ``ema``).
+        step_losses: ``step_losses(step)`` draws step ``step``'s batch and returns a tuple of
+            scalar tensors; the first is minimised, all are averaged for the log.
+        desc: the progress bar's label.
+        progress: show a tqdm bar.
+        ema: a copy of ``model`` to keep as the moving average (decay ``train_cfg.ema``).
+        on_step: observer called after every optimizer step as ``on_step(step, model,
+            grad_norm)``, with the gradient norm before clipping; outside the clock.
+
+    Yields:
+        :class:`LoggedStep` every ``train_cfg.eval_every`` steps and after the last step.
+    """
+    if ema is not None and train_cfg.ema is None:
+        raise ValueError("an ema model needs train_cfg.ema (its decay), got None")
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.0)
+    clock, sums, count = 0.0, [], 0
+    bar = tqdm(range(train_cfg.steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, train_cfg)
+        losses = step_losses(step)
+        opt.zero_grad(set_to_none=True)
+        losses[0].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # norm before clipping
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p_avg, p in zip(ema.parameters(), model.parameters()):
+                    p_avg.lerp_(p, 1.0 - train_cfg.ema)
+        clock += time.perf_counter() - start
+        if on_step is not None:  # outside the clock: observing is not training
+            on_step(step, model, float(grad_norm))
+        values = [loss.item() for loss in losses]
+        sums, count = [a + b for a, b in zip(sums, values)] if sums else values, count + 1
+        if (step + 1) % train_cfg.eval_every == 0 or step + 1 == train_cfg.steps:
+            yield LoggedStep(step + 1, tuple(v / count for v in sums), clock, bar)
+            sums, count = [], 0
+
+
 def _simple_loss(model: TinyUNet, schedule: NoiseSchedule, x0: torch.Tensor,
                  y: torch.Tensor | None, t: torch.Tensor,
                  noise: torch.Tensor) -> torch.Tensor:
@@ -186,7 +259,6 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
     gen = seed_everything(seed)
     model = TinyUNet(cfg, init_seed=seed).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if train_cfg.ema is not None else None
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.0)
     data = images.to(device)
     ys = labels.to(device) if cfg.n_classes is not None else None
     N, T, B = data.shape[0], schedule.n_steps, train_cfg.batch_size
@@ -198,39 +270,24 @@ def train_ddpm(cfg: UNetConfig, images: torch.Tensor, labels: torch.Tensor | Non
     eval_noise = torch.randn((256, *data.shape[1:]), generator=eval_gen).to(device)
 
     result = DDPMResult(model=model, schedule=schedule)
-    clock, running, count = 0.0, 0.0, 0
-    bar = tqdm(range(train_cfg.steps), desc="train ddpm", disable=not progress, leave=False)
-    for step in bar:
-        start = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, train_cfg)
+
+    def step_losses(step: int) -> tuple[torch.Tensor]:
         idx = torch.randint(0, N, (B,), generator=gen)
         t = torch.randint(0, T, (B,), generator=gen).to(device)
         noise = torch.randn((B, *data.shape[1:]), generator=gen).to(device)
         idx = idx.to(device)
-        loss = _simple_loss(model, schedule, data[idx], ys[idx] if ys is not None else None, t, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # norm before clipping
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                for p_avg, p in zip(ema.parameters(), model.parameters()):
-                    p_avg.lerp_(p, 1.0 - train_cfg.ema)
-        clock += time.perf_counter() - start
-        if on_step is not None:  # outside the clock: observing is not training
-            on_step(step, model, float(grad_norm))
-        running, count = running + loss.item(), count + 1
-        if (step + 1) % train_cfg.eval_every == 0 or step + 1 == train_cfg.steps:
-            judged = ema if ema is not None else model
-            judged.eval()
-            with torch.no_grad():
-                ev = _simple_loss(judged, schedule, data[eval_idx.to(device)],
-                                  ys[eval_idx.to(device)] if ys is not None else None, eval_t, eval_noise).item()
-            judged.train()
-            result.history.append((step + 1, running / count, ev, clock))
-            running, count = 0.0, 0
-            bar.set_postfix(loss=f"{ev:.4f}")
+        return (_simple_loss(model, schedule, data[idx], ys[idx] if ys is not None else None, t, noise),)
+
+    for log in training_loop(model, train_cfg, step_losses, desc="train ddpm", progress=progress, ema=ema,
+                             on_step=on_step):
+        judged = ema if ema is not None else model
+        judged.eval()
+        with torch.no_grad():
+            ev = _simple_loss(judged, schedule, data[eval_idx.to(device)],
+                              ys[eval_idx.to(device)] if ys is not None else None, eval_t, eval_noise).item()
+        judged.train()
+        result.history.append((log.step, log.losses[0], ev, log.clock))
+        log.bar.set_postfix(loss=f"{ev:.4f}")
     result.model = (ema if ema is not None else model).eval()
     return result
 

@@ -72,3 +72,28 @@ def test_bad_arguments_raise(data):
         train_ddpm(CFG, data[0][:, :, :4], data[1], RECIPE)
     with pytest.raises(ValueError, match="8 x 8"):
         pretrained_ddpm(UNetConfig(image_size=16))
+
+
+def test_training_loop_logs_means_clips_and_averages():
+    from labkit.diffusion.train import training_loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    ema = torch.nn.Linear(3, 1).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    recipe = DiffusionTrainConfig(steps=5, batch_size=8, lr=1e-2, warmup=1, eval_every=2, ema=0.5)
+    seen: list[tuple[int, float]] = []
+
+    def step_losses(step):
+        loss = 100.0 * torch.mean((model(x) - y) ** 2)  # large: its gradient norm exceeds 1
+        return loss, torch.tensor(float(step))
+
+    logs = list(training_loop(model, recipe, step_losses, progress=False, ema=ema,
+                              on_step=lambda s, m, g: seen.append((s, g))))
+    assert [log.step for log in logs] == [2, 4, 5]
+    assert [log.losses[1] for log in logs] == [0.5, 2.5, 4.0]  # means of the steps since the last log
+    assert [s for s, _ in seen] == [0, 1, 2, 3, 4] and all(g > 1.0 for _, g in seen)  # before clipping
+    assert not torch.equal(ema.weight, model.weight)  # the average lags the weights
+    with pytest.raises(ValueError, match="train_cfg.ema"):
+        next(training_loop(model, DiffusionTrainConfig(steps=1), step_losses, progress=False, ema=ema))
