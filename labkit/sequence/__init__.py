@@ -4,6 +4,11 @@ Synthetic voices, speech features and tokens, separation, masked parallel decodi
 predictive-then-generative enhancement and text diffusion; each module names its paper and
 section.
 
+- :mod:`labkit.sequence.separation`: time-domain speech separation (mossformer2), "MossFormer2:
+  Combining Transformer and RNN-Free Recurrent Network for Enhanced Time-Domain Monaural Speech
+  Separation" (section 01, "Speech separation with a recurrent memory: MossFormer2"): conv
+  encoder, gated attention with or without the gated FSMN memory, masks and decoder, PIT
+  training, and mixtures of a low and a high synthetic voice.
 - :mod:`labkit.sequence.text_diffusion`: encoder-decoder text diffusion (diffusia), "DiffuSIA: A
   Spiral Interaction Architecture for Encoder-Decoder Text Diffusion" (section 05, "Spiral
   encoder-decoder text diffusion: DiffuSIA"): the 60-word paraphrase grammar, diffusion on word
@@ -16,3 +21,9 @@ from labkit.sequence.text_diffusion import (  # noqa: E402
     SpiralEncDec, TextDiffusionConfig, make_paraphrases, sample, train_text_diffusion)
 
 __all__ += ["SpiralEncDec", "TextDiffusionConfig", "make_paraphrases", "sample", "train_text_diffusion"]
+
+from labkit.sequence.separation import (  # noqa: E402
+    Separator, SeparatorConfig, low_high_mixtures, matched_baseline, train_separator)
+
+__all__ += ["Separator", "SeparatorConfig", "low_high_mixtures", "matched_baseline",
+            "train_separator"]
