@@ -9,6 +9,10 @@ section.
   Separation" (section 01, "Speech separation with a recurrent memory: MossFormer2"): conv
   encoder, gated attention with or without the gated FSMN memory, masks and decoder, PIT
   training, and mixtures of a low and a high synthetic voice.
+- :mod:`labkit.sequence.tokens`: speech tokens (vec_tok_speech), "Vec-Tok Speech: speech
+  vectorization and tokenization for neural speech generation" (section 02, "Speech tokens and
+  BPE: Vec-Tok Speech"): per-utterance normalised log-mel vectors, KMeans tokens, run-length
+  dedup, byte-pair merges over the token stream, and a token GPT scored in bits per second.
 - :mod:`labkit.sequence.text_diffusion`: encoder-decoder text diffusion (diffusia), "DiffuSIA: A
   Spiral Interaction Architecture for Encoder-Decoder Text Diffusion" (section 05, "Spiral
   encoder-decoder text diffusion: DiffuSIA"): the 60-word paraphrase grammar, diffusion on word
@@ -27,3 +31,10 @@ from labkit.sequence.separation import (  # noqa: E402
 
 __all__ += ["Separator", "SeparatorConfig", "low_high_mixtures", "matched_baseline",
             "train_separator"]
+
+from labkit.sequence.tokens import (  # noqa: E402
+    BPE, KMeansTokens, dedup, fit_kmeans, lm_bits, speech_corpus, speech_vectors, train_bpe,
+    train_token_lm)
+
+__all__ += ["BPE", "KMeansTokens", "dedup", "fit_kmeans", "lm_bits", "speech_corpus",
+            "speech_vectors", "train_bpe", "train_token_lm"]
