@@ -1,13 +1,16 @@
 """Speech tokens: normalised log-mel vectors, KMeans units, run-length dedup and byte-pair merges.
 
 After *Vec-Tok Speech: speech vectorization and tokenization for neural speech generation*
-(``vec_tok_speech``). Speech becomes *vectors* (here log-mel frames, normalised per utterance so
-that a speaker's average timbre and level are removed) and *semantic tokens* (the index of the
-nearest of K KMeans centroids). Repeated tokens are collapsed (run-length dedup) and byte-pair
+(``vec_tok_speech``, arXiv:2310.07246). Speech becomes *vectors* (here log-mel frames,
+normalised per utterance so that a speaker's average timbre and level are removed) and *semantic
+tokens* (the index of the nearest of K KMeans centroids). Repeated tokens are collapsed (run-length dedup) and byte-pair
 encoding (BPE) merges the most frequent adjacent pair of units into a new unit, again and again,
 so a language model reads a shorter stream in which each token spans more speech. The model's
 quality is measured in bits per second of speech: the total cross-entropy of a held-out stream, in
 bits, divided by its duration, which compares streams of different lengths on the same footing.
+The miniature leaves out the paper's self-supervised (WavLM) features, its continuous speech
+vectors with their vocoder, the text and prompt conditioning of its language model, and its
+zero-shot tasks.
 
 Section: chapter 17, "Speech tokens and BPE: Vec-Tok Speech"
 """
