@@ -10,9 +10,12 @@ section.
   Verilog runner, five failure classes and seeded mutants of known class.
 - :mod:`labkit.llmtools.passk`: the unbiased pass@k (verilogeval, section 01), in product form,
   with a subset-enumeration check.
-- :mod:`labkit.llmtools.codegen`: the code model (verilogeval, section 01; reused by section 02):
-  a 2-block byte GPT with a 256-byte context, a fill-in-the-middle corpus, completion and
-  infilling.
+- :mod:`labkit.llmtools.codegen`: the code model (verilogeval, section 01): a 2-block byte
+  GPT with a 256-byte context, a fill-in-the-middle corpus, completion and infilling.
+- :mod:`labkit.llmtools.mpi`: MPI call completion (mpirigen), "MPIrigen: MPI Code Generation
+  through Domain-Specific Language Models" (section 02, "MPI call completion: MPIrigen"):
+  generated MPI C programs, masked calls, call sites found by pycparser and scored per field,
+  the MPICH runner, a 2-block token GPT with fill-in-the-middle and a longest-match n-gram.
 - :mod:`labkit.llmtools.abr`: a language model as a bitrate controller (netllm), "Large
   Language Model Adaptation for Networking" (section 03, "A language model as a bitrate
   controller: NetLLM"): the adaptive-bitrate simulator with linear QoE, Markov-modulated
@@ -39,3 +42,7 @@ __all__ += ["Level", "diversity", "program", "render", "settle"]
 from labkit.llmtools.abr import NetLLMPolicy, make_traces, simulate, train_netllm  # noqa: E402
 
 __all__ += ["NetLLMPolicy", "make_traces", "simulate", "train_netllm"]
+
+from labkit.llmtools.mpi import call_sites, make_program, make_task, run_program  # noqa: E402
+
+__all__ += ["call_sites", "make_program", "make_task", "run_program"]

@@ -17,7 +17,7 @@ What the miniature leaves out: no tokenizer (bytes), no key-value cache in gener
 packing beyond concatenation, a model of 0.1 to 0.4 million parameters.
 
 Shapes: B batch, T block size (256).
-Section: chapter 18, "VerilogEval: spec-to-RTL evaluation" (the code model, reused by section 02).
+Section: chapter 18, "VerilogEval: spec-to-RTL evaluation" (the code model).
 """
 
 from __future__ import annotations
