@@ -114,6 +114,12 @@ def test_bad_arguments_are_refused():
         KMeansTokens(torch.zeros(3, 5)).encode(frames)
     with pytest.raises(ValueError, match="lexicon"):
         speech_corpus(2, 0, lexicon=[])
+    with pytest.raises(ValueError, match="n_words"):
+        make_lexicon(0, seed=0)
+    with pytest.raises(ValueError, match="wave"):
+        speech_vectors(torch.zeros(2, 400), 8000)
+    with pytest.raises(ValueError, match="shorter than one STFT frame"):
+        speech_vectors(np.zeros(100), 8000)
     with pytest.raises(ValueError, match="vocab_size"):
         train_token_lm(torch.arange(100) % 7, 5, steps=1, block=8)
     with pytest.raises(ValueError, match="sample-rate mismatch"):
