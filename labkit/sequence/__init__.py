@@ -13,6 +13,11 @@ section.
   vectorization and tokenization for neural speech generation" (section 02, "Speech tokens and
   BPE: Vec-Tok Speech"): per-utterance normalised log-mel vectors, KMeans tokens, run-length
   dedup, byte-pair merges over the token stream, and a token GPT scored in bits per second.
+- :mod:`labkit.sequence.masked_decoding`: parallel masked decoding (mobilespeech), "MobileSpeech:
+  A Fast and High-Fidelity Framework for Mobile Zero-Shot Text-to-Speech" (section 03, "Parallel
+  masked decoding: MobileSpeech"): a 2-level residual-VQ codec (KMeans) on log-mel frames, the
+  tiny GPT as a bidirectional masked decoder conditioned on phones and a voice prompt, trained on
+  random mask ratios and decoded in N cosine-scheduled rounds per level, and the causal baseline.
 - :mod:`labkit.sequence.text_diffusion`: encoder-decoder text diffusion (diffusia), "DiffuSIA: A
   Spiral Interaction Architecture for Encoder-Decoder Text Diffusion" (section 05, "Spiral
   encoder-decoder text diffusion: DiffuSIA"): the 60-word paraphrase grammar, diffusion on word
@@ -38,3 +43,10 @@ from labkit.sequence.tokens import (  # noqa: E402
 
 __all__ += ["BPE", "KMeansTokens", "dedup", "fit_kmeans", "lm_bits", "speech_corpus",
             "speech_vectors", "train_bpe", "train_token_lm"]
+
+from labkit.sequence.masked_decoding import (  # noqa: E402
+    CodeDecoder, ResidualVQ, ar_decode, fit_residual_vq, make_tts_data, masked_decode,
+    train_decoder)
+
+__all__ += ["CodeDecoder", "ResidualVQ", "ar_decode", "fit_residual_vq", "make_tts_data",
+            "masked_decode", "train_decoder"]
