@@ -18,6 +18,11 @@ section.
   masked decoding: MobileSpeech"): a 2-level residual-VQ codec (KMeans) on log-mel frames, the
   tiny GPT as a bidirectional masked decoder conditioned on phones and a voice prompt, trained on
   random mask ratios and decoded in N cosine-scheduled rounds per level, and the causal baseline.
+- :mod:`labkit.sequence.regeneration`: predictive-then-generative enhancement (storm), "StoRM:
+  A Diffusion-based Stochastic Regeneration Model for Speech Enhancement and Dereverberation"
+  (section 04, "Predict, then regenerate: StoRM"): the amplitude-compressed complex STFT, noisy
+  reverberant utterances, a one-pass predictor, denoisers for pure diffusion and for StoRM, and
+  the sampler that starts from the noised estimate.
 - :mod:`labkit.sequence.text_diffusion`: encoder-decoder text diffusion (diffusia), "DiffuSIA: A
   Spiral Interaction Architecture for Encoder-Decoder Text Diffusion" (section 05, "Spiral
   encoder-decoder text diffusion: DiffuSIA"): the 60-word paraphrase grammar, diffusion on word
@@ -43,6 +48,13 @@ from labkit.sequence.tokens import (  # noqa: E402
 
 __all__ += ["BPE", "KMeansTokens", "dedup", "fit_kmeans", "lm_bits", "speech_corpus",
             "speech_vectors", "train_bpe", "train_token_lm"]
+
+from labkit.sequence.regeneration import (  # noqa: E402
+    compress_stft, decompress_istft, make_enhancement_data, regenerate, train_predictor,
+    train_score)
+
+__all__ += ["compress_stft", "decompress_istft", "make_enhancement_data", "regenerate",
+            "train_predictor", "train_score"]
 
 from labkit.sequence.masked_decoding import (  # noqa: E402
     CodeDecoder, ResidualVQ, ar_decode, fit_residual_vq, make_tts_data, masked_decode,

@@ -8,7 +8,7 @@ projection :math:`s_t = (\\langle \\hat s, s\\rangle / \\lVert s\\rVert^2) s`, t
 Permutation-invariant training scores each mixture under its best assignment of estimates to
 sources.
 
-Section: chapter 17, "Speech separation with a recurrent memory: MossFormer2", "Speech tokens and BPE" and "Parallel masked decoding".
+Section: chapter 17, "Speech separation with a recurrent memory: MossFormer2", "Speech tokens and BPE", "Parallel masked decoding" and "Predict, then regenerate: StoRM".
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ pauses, rendered as a glottal pulse train through three cascaded second-order re
 response; :func:`mix` adds sources and optional white noise. Used by every section of the
 chapter as its stand-in for recorded speech.
 
-Section: chapter 17, "Speech separation with a recurrent memory: MossFormer2", "Speech tokens and BPE" and "Parallel masked decoding".
+Section: chapter 17, "Speech separation with a recurrent memory: MossFormer2", "Speech tokens and BPE", "Parallel masked decoding" and "Predict, then regenerate: StoRM".
 """
 
 from __future__ import annotations
