@@ -14,7 +14,10 @@ as channels. The paper's diffusion is a mean-reverting SDE whose mean drifts fro
 speech to ``y_hat``; here the book's variance-preserving chain (``NoiseSchedule.q_sample``
 and ``ddim_step`` from chapter 09) stands in for it: StoRM's sampler noises ``y_hat`` to an
 intermediate step ``t_start`` with ``q_sample`` and runs ``ddim_step`` from there, while pure
-diffusion starts from Gaussian noise at the last step. The networks are small 1-D
+diffusion starts from Gaussian noise at the last step. StoRM's denoiser is trained on a mean
+that drifts linearly from the clean speech (``t = 0``) to ``y_hat`` (``t_start``), and its
+sampler moves the mean along the same drift after each ``ddim_step``. Both denoisers return
+the clean spectrogram; the noise estimate ``ddim_step`` needs follows from it. The networks are small 1-D
 convolutional stacks over STFT frames, with the frequency bins as channels.
 
 Shapes: B utterances, N samples, F = n_fft / 2 + 1 frequency bins, K frames; a spectrogram as
@@ -326,7 +329,9 @@ def regenerate(denoiser: ConvNet, schedule: NoiseSchedule, y: torch.Tensor, n_st
 
     Pure diffusion (``y_hat`` None) starts from Gaussian noise at the last step; StoRM starts
     from ``q_sample(y_hat, t_start, noise)``, the predictor's estimate noised to an
-    intermediate step, and conditions every step on ``(y, y_hat)``.
+    intermediate step, conditions every step on ``(y, y_hat)`` and moves the mean along the
+    drift it was trained on; with a denoiser that always returns the true ``x0``, every
+    path ends on ``x0``.
     """
     check_tensor("y", y, dims=3, dtype="float")
     T = schedule.n_steps
