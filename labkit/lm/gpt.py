@@ -137,7 +137,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
-        self.causal = cfg.causal
+        # other models' configs reuse this block (Duo-LLM's has no such field): causal
+        self.causal = getattr(cfg, "causal", True)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
