@@ -132,13 +132,13 @@ class GPTOutput:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where token t sees tokens <= t (Vaswani et al., eq. 1), or every
-    token when ``cfg.causal`` is False."""
+    token when ``causal`` is False. Reads only ``n_head`` and ``d_model`` from ``cfg``, so
+    other models' configs (Duo-LLM's) build it too."""
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, *, causal: bool = True) -> None:
         super().__init__()
         self.n_head = cfg.n_head
-        # other models' configs reuse this block (Duo-LLM's has no such field): causal
-        self.causal = getattr(cfg, "causal", True)
+        self.causal = causal
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -156,7 +156,7 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int, shared: nn.Module | None) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, causal=cfg.causal)
         if cfg.is_sparse(layer):
             if cfg.router == "recurrent":
                 router = RecurrentRouter(cfg.d_model, cfg.n_experts, shared)
